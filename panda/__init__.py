@@ -1,0 +1,1 @@
+"""Panda: continual pretraining and instruction tuning of LLaMA on Chinese corpora."""
