@@ -1,0 +1,16 @@
+"""Evaluation on multiple-choice benchmarks (LogiQA-v2, C3-d, C3-m, any multiple-choice JSON lines).
+
+Pipeline: benchmark file → :mod:`~panda.eval.benchmarks` (questions) → :mod:`~panda.eval.prompts` (the
+reference's prompt, byte for byte) → :mod:`~panda.eval.generation` (greedy, first ``A|B|C|D``) and/or
+:mod:`~panda.eval.loglik` (option log-likelihoods) → :mod:`~panda.eval.metrics` (each question once, any number of
+ranks) → :mod:`~panda.eval.outputs` (per-question JSON lines, metrics JSON) → :mod:`~panda.eval.table`.
+Entry points: ``lightning_main.py validate --config configs/eval/<benchmark>.yaml`` (:mod:`~panda.eval.module`,
+:mod:`~panda.eval.datamodule`), :func:`evaluate` from Python, :class:`PeriodicEvaluation` during ``fit``.
+"""
+
+from panda.eval.callback import PeriodicEvaluation
+from panda.eval.datamodule import BenchmarkDataModule
+from panda.eval.module import MultipleChoiceEvaluator
+from panda.eval.run import evaluate
+
+__all__ = ["BenchmarkDataModule", "MultipleChoiceEvaluator", "PeriodicEvaluation", "evaluate"]

@@ -1,0 +1,93 @@
+"""A benchmark file as a Lightning data module: questions with their reference prompts, batched as plain dicts.
+
+The prompts are built here, once, from the file and (for k-shot) a train file, so every protocol and every rank
+sees the same string for a question. Batches are lists of dicts (no tensors): tokenization belongs to the
+evaluator, which owns the tokenizer. ``val_dataloader`` and ``test_dataloader`` serve the same questions, so both
+``lightning_main.py validate`` and ``test`` run a benchmark. Under DDP, Lightning's distributed sampler shards the
+questions (padding the last ones in twice; :mod:`panda.eval.metrics` counts each once).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from panda.eval.benchmarks import BenchmarkFormat, BenchmarkReport, read_benchmark
+from panda.eval.prompts import build_prompt, choose_exemplars
+
+
+def prepare_questions(path: str | Path, format: BenchmarkFormat, *, shots: int = 0, train_path: str | None = None,
+                      train_format: BenchmarkFormat | None = None, seed: int = 0, limit: int | None = None,
+                      strict: bool = False) -> list[dict]:
+    """Read a benchmark and build each question's prompt (the dicts :func:`panda.eval.scoring.score_batch` takes).
+
+    Args: as :class:`BenchmarkDataModule`.
+    """
+    report = BenchmarkReport(str(path))
+    questions = read_benchmark(path, format, strict=strict, report=report)
+    if report.problems:
+        rank_zero_warn(report.summary())
+    if limit is not None:
+        questions = questions[:limit]
+    pool = []
+    if shots > 0:
+        if train_path is None:
+            raise ValueError(f"shots={shots} needs train_path (a file in the benchmark's format to draw exemplars)")
+        pool = read_benchmark(train_path, train_format or format, strict=strict)
+    prepared = [{"index": q.index, "origin": q.origin, "options": list(q.options), "label": q.label,
+                 "prompt": build_prompt(q, choose_exemplars(q, pool, shots, seed))} for q in questions]
+    rank_zero_info(f"{path}: {len(prepared)} questions, {shots}-shot")
+    return prepared
+
+
+class BenchmarkDataModule(LightningDataModule):
+    """A multiple-choice benchmark for ``validate``/``test``.
+
+    Args:
+        path: The benchmark file (given on the command line: ``--data.init_args.path``).
+        format: ``logiqa_v2`` (JSON lines), ``c3`` (C3-d/C3-m JSON array) or ``multiple_choice`` (JSON lines).
+        name: Benchmark name in metric keys, outputs and tables; defaults to the file's stem.
+        shots: Exemplars per prompt (0 = the reference's zero-shot protocol).
+        train_path: File to draw k-shot exemplars from (required when ``shots > 0``).
+        train_format: Its format, if different from ``format``.
+        seed: Seed of the exemplar draw (per question, see :mod:`panda.eval.prompts`).
+        batch_size: Questions per batch (the log-likelihood protocol scores all their options in one pass).
+        limit: Evaluate only the first ``limit`` questions.
+        strict: Stop at the first bad record instead of skipping it (skipped ones are always reported).
+        num_workers: DataLoader workers (prompts are prebuilt, so 0 is usually right).
+    """
+
+    def __init__(self, path: str | None = None, format: BenchmarkFormat = "multiple_choice", name: str | None = None,
+                 shots: int = 0, train_path: str | None = None, train_format: BenchmarkFormat | None = None,
+                 seed: int = 0, batch_size: int = 8, limit: int | None = None, strict: bool = False,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.path = path
+        self.format = format
+        self.name = name or (Path(path).stem if path else format)
+        self.shots, self.train_path, self.train_format, self.seed = shots, train_path, train_format, seed
+        self.batch_size, self.limit, self.strict, self.num_workers = batch_size, limit, strict, num_workers
+        self.questions: list[dict] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.questions is not None:
+            return
+        if self.path is None:
+            raise ValueError("no benchmark file: pass --data.init_args.path <file>")
+        self.questions = prepare_questions(self.path, self.format, shots=self.shots, train_path=self.train_path,
+                                           train_format=self.train_format, seed=self.seed, limit=self.limit,
+                                           strict=self.strict)
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.questions, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=list)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()

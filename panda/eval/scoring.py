@@ -1,0 +1,100 @@
+"""One batch of prepared questions → one output record per question, under either protocol or both.
+
+This is the single code path behind ``lightning_main.py validate`` (:class:`~panda.eval.module.MultipleChoiceEvaluator`),
+periodic evaluation during ``fit`` (:class:`~panda.eval.callback.PeriodicEvaluation`) and
+:func:`panda.eval.evaluate`. A prepared question (built by :mod:`panda.eval.datamodule`) is a plain dict::
+
+    {"index": 7, "origin": "c3-d.json:[3].questions[1]", "prompt": "阅读下面的文章…本题的答案是：",
+     "options": ["…", "…"], "label": 1}
+
+and its record keeps everything needed to recompute the result without the model::
+
+    {"index": 7, "origin": …, "gold": "B", "prompt": <the exact generation prompt = log-likelihood context>,
+     "generate": {"generated": "B。因为…", "prediction": "B", "correct": true},
+     "loglik": {"options": [{"continuation", "logprob", "tokens", "chars", "split"}, …],
+                "prediction": "B", "prediction_norm": "A", "correct": true, "correct_norm": false}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from panda.eval.benchmarks import LETTERS
+from panda.eval.generation import generate_answers
+from panda.eval.loglik import choose, score_options
+from panda.eval.metrics import QuestionMean
+
+Protocol = Literal["generate", "loglik", "both"]
+Continuation = Literal["option", "letter"]
+
+METRIC_NAMES = {
+    "generate": ("generate/acc", "generate/unparseable_rate"),
+    "loglik": ("loglik/acc", "loglik/acc_norm"),
+}
+
+
+def protocols(protocol: Protocol) -> tuple[str, ...]:
+    return ("generate", "loglik") if protocol == "both" else (protocol,)
+
+
+def continuations(question: dict, continuation: Continuation) -> list[str]:
+    """What the log-likelihood protocol scores after the prompt: the option texts, or the letters ``A``, ``B``, …."""
+    if continuation == "letter":
+        return list(LETTERS[: len(question["options"])])
+    return list(question["options"])
+
+
+def score_batch(model, tokenizer, questions: Sequence[dict], *, protocol: Protocol = "both",
+                max_new_tokens: int = 64, continuation: Continuation = "option",
+                share_prompt: bool = True) -> list[dict]:
+    """Score ``questions`` with ``model`` (a Hugging Face causal LM in eval mode); one record per question."""
+    records = [{"index": q["index"], "origin": q.get("origin", ""), "gold": LETTERS[q["label"]],
+                "prompt": q["prompt"]} for q in questions]
+    prompts = [q["prompt"] for q in questions]
+    if "generate" in protocols(protocol):
+        answers = generate_answers(model, tokenizer, prompts, [len(q["options"]) for q in questions],
+                                   max_new_tokens)
+        for record, answer in zip(records, answers):
+            record["generate"] = {**answer, "correct": answer["prediction"] == record["gold"]}
+    if "loglik" in protocols(protocol):
+        scores = score_options(model, tokenizer, prompts, [continuations(q, continuation) for q in questions],
+                               share_prompt=share_prompt)
+        for record, options in zip(records, scores):
+            by_sum, by_char = choose(options)
+            record["loglik"] = {
+                "options": options, "prediction": LETTERS[by_sum], "prediction_norm": LETTERS[by_char],
+                "correct": LETTERS[by_sum] == record["gold"], "correct_norm": LETTERS[by_char] == record["gold"],
+            }
+    return records
+
+
+def make_metrics(protocol: Protocol) -> dict[str, QuestionMean]:
+    """One :class:`QuestionMean` per reported number of ``protocol``."""
+    return {name: QuestionMean() for p in protocols(protocol) for name in METRIC_NAMES[p]}
+
+
+def update_metrics(metrics: dict[str, QuestionMean], records: Sequence[dict]) -> None:
+    """Feed the records' per-question outcomes to the metrics made by :func:`make_metrics`."""
+    index = torch.tensor([r["index"] for r in records])
+    values = {
+        "generate/acc": lambda r: r["generate"]["correct"],
+        "generate/unparseable_rate": lambda r: r["generate"]["prediction"] is None,
+        "loglik/acc": lambda r: r["loglik"]["correct"],
+        "loglik/acc_norm": lambda r: r["loglik"]["correct_norm"],
+    }
+    for name, metric in metrics.items():
+        metric.update(index.to(metric.device), torch.tensor([float(values[name](r)) for r in records],
+                                                            device=metric.device))
+
+
+def compute_metrics(metrics: dict[str, QuestionMean]) -> dict[str, float | int]:
+    """``{"count": n, "generate/acc": …, …}`` — synchronised across ranks, each question counted once."""
+    out: dict[str, float | int] = {}
+    for name, metric in metrics.items():
+        result = metric.compute()
+        out[name] = float(result["mean"])
+        out["count"] = int(result["count"])
+    return out

@@ -1,0 +1,70 @@
+"""Keep packed documents apart inside the model: the forward kwargs that make attention block-diagonal.
+
+A packed row holds several documents (see the drawing in :mod:`panda.data.packing`). ``position_ids`` restart at
+0 where each document starts, which fixes the rotary positions; attention additionally has to stop at document
+boundaries. How that is expressed depends on the attention kernel:
+
+- ``eager`` / ``sdpa``: an explicit 4D ``(B, 1, T, T)`` mask, document-equal AND causal. transformers 5's
+  ``masking_utils`` passes a user-given 4D mask through untouched, so its *form* must be what the kernel consumes:
+  the eager kernel *adds* the mask to the attention scores (so it must be additive float: 0 where allowed, the
+  dtype's minimum where not — a bool mask would add 0/1 and silently mask nothing), while
+  ``torch.nn.functional.scaled_dot_product_attention`` takes a bool mask (True = may attend), the cheaper form.
+- ``flash_attention_2`` (and other flash/flex kernels): ``position_ids`` only. transformers recognises a packed
+  batch from position ids that restart and runs the variable-length kernel (``cu_seqlens``), which never
+  materialises a T×T mask.
+
+We build the eager/sdpa mask ourselves rather than rely on transformers' position-id detection so the behaviour
+is written down here and tested, and does not change with a transformers upgrade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+MASK_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """Bool mask (B, 1, T, T): query t may attend key s iff s ≤ t and both lie in the same document.
+
+    A document starts where ``position_ids == 0``; its number is ``cumsum(position_ids == 0)``.
+    """
+    documents = (position_ids == 0).cumsum(dim=-1)  # (B, T)
+    same_document = documents[:, :, None] == documents[:, None, :]  # (B, T, T)
+    length = position_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()  # (T, T)
+    return (same_document & causal)[:, None]  # (B, 1, T, T)
+
+
+def packed_forward_kwargs(batch: Mapping[str, torch.Tensor], attn_implementation: str, *,
+                          dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Keyword arguments for ``LlamaForCausalLM.forward`` so that no token attends across documents.
+
+    Args:
+        batch: A batch in the BATCH CONTRACT (``input_ids`` and ``position_ids`` are used).
+        attn_implementation: The model's ``config._attn_implementation``.
+        dtype: Dtype of the additive mask for ``eager`` (the attention scores' dtype; float32 is safe under
+            autocast).
+
+    Returns:
+        ``input_ids``, ``position_ids`` and, for eager/sdpa, a 4D ``attention_mask``. Labels are not included: the
+        module computes the loss itself.
+    """
+    input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+    if position_ids.shape != input_ids.shape:
+        raise ValueError(f"position_ids {tuple(position_ids.shape)} must have the shape of input_ids "
+                         f"{tuple(input_ids.shape)}")
+    kwargs = {"input_ids": input_ids, "position_ids": position_ids}
+    if attn_implementation in MASK_IMPLEMENTATIONS:
+        allowed = block_causal_mask(position_ids)  # (B, 1, T, T)
+        if attn_implementation == "eager":
+            kwargs["attention_mask"] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(dtype).min)
+        else:
+            kwargs["attention_mask"] = allowed
+    elif "flash" not in attn_implementation and attn_implementation != "flex_attention":
+        raise ValueError(f"attn_implementation {attn_implementation!r} is not supported for packed batches; use "
+                         f"one of {MASK_IMPLEMENTATIONS}, 'flash_attention_2' or 'flex_attention'")
+    return kwargs

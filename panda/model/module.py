@@ -1,0 +1,337 @@
+"""``PandaLM``: the LightningModule that trains a LLaMA on BATCH CONTRACT batches.
+
+The masked causal-LM loss is computed here, from the batch, rather than by passing ``labels`` to the Hugging Face
+model: the module needs the per-token losses anyway (loss per corpus source, the NaN guard naming the sources), and
+it must shift exactly once. Labels arrive *unshifted* (``labels[t]`` is the target of position ``t``), so the
+logits at ``t`` predict ``labels[t + 1]``::
+
+    input_ids      BOS  p1   p2   r1   r2   EOS        (p = prompt, r = response)
+    labels         -    -    -    r1   r2   EOS        (- = IGNORE_INDEX)
+    logits[t] →    p1   p2   r1   r2   EOS  (dropped)
+    trained?       no   no   yes  yes  yes
+
+The loss of a micro-batch is the mean over its trained tokens; ``val/loss`` is the token-weighted mean over the
+whole validation set (torchmetrics, synced across ranks) and ``val/ppl`` its exponential.
+
+The Hugging Face model lives at ``self.model`` so checkpoint keys read ``model.<hf key>`` (with LoRA,
+``model.base_model.model.<hf key>`` — peft's wrapping).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torchmetrics import MeanMetric
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
+
+from panda.constants import IGNORE_INDEX
+from panda.model.attention import packed_forward_kwargs
+from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
+    trainable_state_dict
+from panda.training.guards import raise_if_not_finite, warn_about_precision
+from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token
+from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
+
+AttnImplementation = Literal["eager", "sdpa", "flash_attention_2"]
+
+
+def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy of next-token prediction, and which positions count.
+
+    Args:
+        logits: ``(B, T, V)`` model output.
+        labels: ``(B, T)`` unshifted labels, ``IGNORE_INDEX`` where no loss is wanted.
+
+    Returns:
+        ``(B, T - 1)`` losses (0 where ignored) and the ``(B, T - 1)`` boolean mask of trained positions; position
+        ``t`` is the prediction of token ``t + 1``.
+    """
+    targets = labels[:, 1:]  # (B, T-1)
+    predictions = logits[:, :-1].float()  # (B, T-1, V)
+    losses = F.cross_entropy(predictions.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return losses, targets != IGNORE_INDEX
+
+
+def loss_by_source(losses: torch.Tensor, trained: torch.Tensor, source_ids: torch.Tensor,
+                   num_sources: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of losses and count of trained tokens per source.
+
+    Args:
+        losses: ``(B, T-1)`` per-position losses from :func:`causal_lm_losses`.
+        trained: ``(B, T-1)`` mask of trained positions.
+        source_ids: ``(B, T)`` source index per token (``-1`` on padding); a prediction belongs to the source of
+            the token it predicts.
+        num_sources: Number of sources (length of the data module's ``source_names``).
+
+    Returns:
+        ``(num_sources,)`` loss sums and ``(num_sources,)`` token counts.
+    """
+    sources = source_ids[:, 1:]  # (B, T-1)
+    keep = trained & (sources >= 0) & (sources < num_sources)
+    index = sources[keep]
+    sums = torch.zeros(num_sources, dtype=losses.dtype, device=losses.device).index_add_(0, index, losses[keep])
+    counts = torch.zeros(num_sources, dtype=losses.dtype, device=losses.device).index_add_(
+        0, index, torch.ones_like(losses[keep]))
+    return sums, counts
+
+
+class PandaLM(LightningModule):
+    """A LLaMA (``transformers.LlamaForCausalLM``) trained with the masked causal-LM loss.
+
+    Args:
+        pretrained: A ``save_pretrained`` directory to start from (LLaMA, Panda-7B, a previous run's export).
+        config: ``LlamaConfig`` keyword arguments to build a model from scratch (the demo and tests) when
+            ``pretrained`` is not given.
+        optimizer: The optimizer, e.g. ``class_path: torch.optim.AdamW`` with its ``init_args`` in YAML; its ``lr``
+            is the peak learning rate.
+        lr_schedule: Decay after warmup: ``linear`` (the reference), ``cosine`` or ``constant``.
+        warmup_fraction: Share of the optimizer steps spent in linear warmup (Panda: 0.01).
+        activation_checkpointing: Recompute each decoder layer's activations in backward (non-reentrant), trading
+            ~30 % more compute for memory that no longer grows with the number of layers.
+        attn_implementation: ``sdpa`` or ``eager`` (CPU and any GPU; packed documents are separated by a
+            block-diagonal mask) or ``flash_attention_2`` (GPU; separated by position ids).
+        load_dtype: Dtype of the weights as loaded/built; ``bfloat16`` halves host memory for 7B+ models under a
+            bf16 DeepSpeed strategy (which keeps fp32 master weights in the optimizer).
+        lora: LoRA adapters to train instead of the full model; ``None`` trains without adapters.
+        trainable: ``all`` parameters, or only ``embeddings`` (``embed_tokens`` and ``lm_head``: the stage right
+            after a vocabulary extension).
+        monitor_throughput: Add Lightning's ``ThroughputMonitor`` (useful tokens/s, MFU) and a learning-rate
+            monitor when none is configured.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: LRSchedule = "linear",
+        warmup_fraction: float = 0.01,
+        activation_checkpointing: bool = False,
+        attn_implementation: AttnImplementation = "sdpa",
+        load_dtype: Literal["float32", "bfloat16"] = "float32",
+        lora: LoraSettings | None = None,
+        trainable: Trainable = "all",
+        monitor_throughput: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        if lora is not None and trainable != "all":
+            raise ValueError("model.lora and model.trainable=embeddings exclude each other; to train the embeddings "
+                             "beside adapters list them in model.lora.modules_to_save")
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.warmup_fraction = warmup_fraction
+        self.attn_implementation = attn_implementation
+        self.lora = lora
+        self.trainable = trainable
+        self.monitor_throughput = monitor_throughput
+
+        model = build_llama(pretrained, config, attn_implementation, getattr(torch, load_dtype))
+        model.config.use_cache = False
+        if activation_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if trainable == "embeddings":
+            train_embeddings_only(model)
+        self.model = add_lora(model, lora) if lora is not None else model
+        if lora is not None and lora.save_adapters_only:
+            self.strict_loading = False  # checkpoints hold the adapters; the frozen body comes from `pretrained`
+
+        self.source_names: list[str] = []
+        self.schedule_plan: SchedulePlan | None = None
+        self.flops_per_token = self.forward_flops_per_token = 0
+        self._last_batch_flops = 0
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_source_loss = torch.nn.ModuleList()
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The Hugging Face model being trained (under peft's wrapper when LoRA is on)."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def merged_hf_model(self) -> PreTrainedModel:
+        """A standalone ``LlamaForCausalLM`` with any LoRA adapters merged, ready for ``save_pretrained``."""
+        return merged_copy(self.model)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.source_names = list(getattr(datamodule, "source_names", None) or [])
+        if not self.val_source_loss and self.source_names:
+            self.val_source_loss.extend(MeanMetric() for _ in self.source_names)
+        check_vocabulary(self.hf_model, datamodule)
+        warn_about_precision(str(self.trainer.precision), self.trainer.strategy.root_device.type)
+        self.flops_per_token, self.forward_flops_per_token = self._flops_per_token()
+
+    def configure_callbacks(self):
+        if not self.monitor_throughput:
+            return []
+        present = {type(c) for c in self.trainer.callbacks}
+        callbacks = []
+        if not any(issubclass(t, ThroughputMonitor) for t in present):
+            callbacks.append(PandaThroughputMonitor())
+        if self.trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in present):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return callbacks
+
+    def configure_optimizers(self):
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer(parameters)
+        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction)
+        world = self.trainer.world_size
+        accumulation = self.trainer.accumulate_grad_batches
+        rank_zero_info(
+            f"{self.schedule_plan.describe()} ({self.lr_schedule} decay; world size {world}, gradient accumulation "
+            f"{accumulation}, {sum(p.numel() for p in parameters):,} trainable parameters)"
+        )
+        scheduler = build_scheduler(optimizer, self.lr_schedule, self.schedule_plan)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------- loss
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, T, V)`` of a BATCH CONTRACT batch, documents of a packed row kept apart."""
+        return self.model(**packed_forward_kwargs(batch, self.attn_implementation), use_cache=False).logits
+
+    def _losses(self, batch: dict[str, torch.Tensor]):
+        losses, trained = causal_lm_losses(self(batch), batch["labels"])
+        count = trained.sum()
+        loss = losses.sum() / count.clamp(min=1)
+        return loss, losses, trained, count
+
+    def _sources_of(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        if "source_ids" not in batch:
+            return []
+        present = torch.unique(batch["source_ids"]).tolist()
+        return [self.source_names[i] if i < len(self.source_names) else f"source {i}" for i in present if i >= 0]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, losses, trained, count = self._losses(batch)
+        raise_if_not_finite(loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx,
+                            sources=self._sources_of(batch), strategy=self.trainer.strategy)
+        rows = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
+        self.log("train/ppl", torch.exp(loss.detach()), batch_size=rows)
+        if self.source_names and "source_ids" in batch:
+            sums, counts = loss_by_source(losses.detach(), trained, batch["source_ids"], len(self.source_names))
+            for name, total, n in zip(self.source_names, sums, counts):
+                if n > 0:
+                    self.log(f"train/loss/{name}", total / n, batch_size=rows)
+        self._last_batch_flops = self.flops_per_token * int(batch["attention_mask"].sum())
+        return loss
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], metric: MeanMetric, per_source: bool) -> None:
+        loss, losses, trained, count = self._losses(batch)
+        metric.update(loss, weight=count)
+        if per_source and len(self.val_source_loss) and "source_ids" in batch:
+            sums, counts = loss_by_source(losses, trained, batch["source_ids"], len(self.source_names))
+            for source_metric, total, n in zip(self.val_source_loss, sums, counts):
+                source_metric.update(total / n.clamp(min=1), weight=n)
+        self._last_batch_flops = self.forward_flops_per_token * int(batch["attention_mask"].sum())
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, per_source=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_loss, per_source=False)
+
+    def _log_epoch(self, stage: str, metric: MeanMetric) -> None:
+        if metric.update_count == 0:
+            return
+        loss = metric.compute()
+        self.log(f"{stage}/loss", loss, sync_dist=True)
+        self.log(f"{stage}/ppl", torch.exp(loss), sync_dist=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_loss)
+        for name, metric in zip(self.source_names, self.val_source_loss):
+            if metric.update_count and float(metric.weight) > 0:
+                self.log(f"val/loss/{name}", metric.compute(), sync_dist=True)
+            metric.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_loss)
+
+    # ------------------------------------------------------------------------------------------- monitoring
+    @property
+    def flops_per_batch(self) -> int:
+        """Model FLOPs of the last batch on its useful tokens (read by ``ThroughputMonitor``)."""
+        return self._last_batch_flops
+
+    def _flops_per_token(self) -> tuple[int, int]:
+        """Model FLOPs per token of a training step and of a forward pass alone."""
+        model = self.hf_model
+        embedding = model.get_input_embeddings().weight
+        params = [p for p in self.model.parameters() if p is not embedding]
+        config = model.config
+        datamodule = getattr(self.trainer, "datamodule", None)
+        context = int(getattr(datamodule, "max_seq_length", None) or config.max_position_embeddings)
+        num_params = sum(p.numel() for p in params)
+        attention = 4 * config.num_hidden_layers * config.hidden_size * context
+        train = training_flops_per_token(
+            num_params=num_params, num_trainable=sum(p.numel() for p in params if p.requires_grad),
+            num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, context=context,
+        )
+        return train, 2 * num_params + attention
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:  # DeepSpeed keeps reduced gradients in its own buffers; see on_train_batch_end
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
+        if engine is not None and engine.is_gradient_accumulation_boundary():
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                self.log("train/grad_norm", float(norm))
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None and self.lora.save_adapters_only and "state_dict" in checkpoint:
+            checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
+
+
+def build_llama(pretrained: str | None, config: dict | None, attn_implementation: str,
+                dtype: torch.dtype) -> PreTrainedModel:
+    """Load ``pretrained`` (a ``save_pretrained`` directory) or build a fresh model from ``config``."""
+    if pretrained is not None:
+        if not (Path(pretrained) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r}: expected a directory in save_pretrained layout (config.json and "
+                "weights); replace the placeholder with your LLaMA / Panda checkpoint directory"
+            )
+        return AutoModelForCausalLM.from_pretrained(pretrained, attn_implementation=attn_implementation, dtype=dtype)
+    if config is None:
+        raise ValueError("PandaLM needs model.pretrained (a model directory) or model.config (LlamaConfig arguments)")
+    return AutoModelForCausalLM.from_config(LlamaConfig(**config), attn_implementation=attn_implementation,
+                                            dtype=dtype)
+
+
+def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
+    """Fail early when the tokenizer can emit ids that the model's embedding has no row for."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is None:
+        return
+    if isinstance(tokenizer, (str, Path)):
+        from panda.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise ValueError(
+            f"the model's vocabulary has {rows} rows but the tokenizer (data.tokenizer) has {len(tokenizer)} tokens; "
+            "extend the model first (`python -m panda.weights extend-vocab`) or use the model's own tokenizer"
+        )
+    if rows > len(tokenizer) + 1024:
+        rank_zero_warn(f"the model has {rows} vocabulary rows for a {len(tokenizer)}-token tokenizer")
+
+
+__all__ = ["PandaLM", "LoraSettings", "causal_lm_losses", "loss_by_source", "build_llama", "check_vocabulary"]

@@ -1,0 +1,163 @@
+"""PandaLM: exact loss masking, a fast_dev_run fit, model construction, trainable modes and the vocabulary check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from panda.constants import IGNORE_INDEX
+from panda.model import PandaLM
+from panda.model.module import causal_lm_losses, check_vocabulary, loss_by_source
+from tests.model.conftest import contract_batch
+
+I = IGNORE_INDEX
+
+
+def _hand_loss(logits: torch.Tensor, input_ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """Mean over ``positions`` t of -log p(input_ids[t+1] | logits[t]), written out without cross_entropy."""
+    log_probs = torch.log_softmax(logits[0].double(), dim=-1)
+    return -torch.stack([log_probs[t, input_ids[0, t + 1]] for t in positions]).mean()
+
+
+def _trainer(**kwargs) -> Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+    return Trainer(**{**defaults, **kwargs})
+
+
+def test_plain_text_loss_covers_every_token_after_bos(tokenizer, tiny_config):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config).eval()
+    ids = tokenizer("人民日报社论")["input_ids"] + [tokenizer.eos_token_id]  # BOS ... EOS
+    n = len(ids)
+    batch = contract_batch([[(ids, [I] + ids[1:], 0)]], width=n + 3, pad_id=tokenizer.pad_token_id)
+    assert batch["labels"].tolist() == [[I] + ids[1:] + [I, I, I]]
+    with torch.no_grad():
+        logits = model(batch)
+        losses, trained = causal_lm_losses(logits, batch["labels"])
+    # predictions of ids[1..n-1] are trained: positions 0..n-2; the pad tail is not
+    assert trained.tolist() == [[True] * (n - 1) + [False] * 3]
+    loss = losses.sum() / trained.sum()
+    expected = _hand_loss(logits, batch["input_ids"], list(range(n - 1)))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    assert model._losses(batch)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_instruction_loss_covers_only_the_response_and_eos(tokenizer, tiny_config):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config).eval()
+    prompt = tokenizer("这条评论的情感是：很好用")["input_ids"]  # BOS + prompt, untrained
+    response = tokenizer("正面", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids, labels = prompt + response, [I] * len(prompt) + response
+    batch = contract_batch([[(ids, labels, 1)]], width=len(ids) + 2, pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(batch)
+        losses, trained = causal_lm_losses(logits, batch["labels"])
+    p, r = len(prompt), len(response)
+    # the last prompt position predicts the first response token; nothing before it is trained
+    assert trained.tolist() == [[False] * (p - 1) + [True] * r + [False] * 2]
+    expected = _hand_loss(logits, batch["input_ids"], list(range(p - 1, p - 1 + r)))
+    assert model._losses(batch)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses[0, : p - 1].abs().sum() == 0
+
+
+def test_loss_by_source_attributes_each_prediction_to_its_target_token():
+    losses = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])  # (1, T-1) for T = 6
+    trained = torch.tensor([[True, True, False, True, True]])
+    source_ids = torch.tensor([[0, 0, 0, 1, 1, -1]])  # doc of source 0, doc of source 1, one pad
+    sums, counts = loss_by_source(losses, trained, source_ids, num_sources=2)
+    # targets' sources: [0, 0, 1, 1, -1] → source 0: 1 + 2, source 1: 4 (position 2 untrained), pad dropped
+    assert sums.tolist() == [3.0, 4.0] and counts.tolist() == [2.0, 1.0]
+
+
+def test_fast_dev_run_fit_logs_losses_per_stage_and_source(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config)
+    trainer = _trainer(max_steps=4, limit_val_batches=2, val_check_interval=4, log_every_n_steps=1)
+    trainer.fit(model, contract_datamodule)
+    metrics = trainer.callback_metrics
+    for key in ["train/loss", "train/ppl", "train/grad_norm", "val/loss", "val/ppl", "val/loss/news",
+                "val/loss/instructions"]:
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert metrics["val/ppl"].item() == pytest.approx(torch.exp(metrics["val/loss"]).item(), rel=1e-5)
+    assert model.schedule_plan.total_steps == 4 and model.schedule_plan.warmup_steps == 1
+
+    smoke = PandaLM(config=tiny_config)
+    _trainer(fast_dev_run=True).fit(smoke, contract_datamodule)
+
+
+def test_val_loss_is_token_weighted_over_the_whole_set(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config)
+    trainer = _trainer(limit_val_batches=3)
+    trainer.validate(model, contract_datamodule, verbose=False)
+    total = count = 0.0
+    model.eval()
+    with torch.no_grad():
+        for i, batch in enumerate(contract_datamodule.val_dataloader()):
+            if i == 3:
+                break
+            loss, _, _, n = model._losses(batch)
+            total, count = total + loss.item() * n.item(), count + n.item()
+    assert trainer.callback_metrics["val/loss"].item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_builds_from_a_pretrained_directory(tmp_path, tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    source = PandaLM(config=tiny_config)
+    source.hf_model.save_pretrained(tmp_path / "hf")
+    loaded = PandaLM(pretrained=str(tmp_path / "hf"), attn_implementation="eager")
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded._losses(batch)[0], source._losses(batch)[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="model.pretrained="):
+        PandaLM(pretrained=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="model.config"):
+        PandaLM()
+
+
+def test_activation_checkpointing_keeps_the_gradients(tiny_config, contract_datamodule):
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = PandaLM(config=tiny_config, activation_checkpointing=checkpointing)
+        assert model.hf_model.is_activation_checkpointing is checkpointing
+        model.train()
+        model._losses(batch)[0].backward()
+        grads.append(model.hf_model.model.layers[0].mlp.up_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_embedding_only_mode_trains_only_embeddings_and_head(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config, trainable="embeddings")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.model.embed_tokens.weight", "model.lm_head.weight"}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _trainer(max_steps=2, limit_val_batches=0).fit(model, contract_datamodule)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) is (name not in trainable), name
+
+
+def test_vocabulary_check_names_both_sizes(tiny_config, tokenizer_dir, tokenizer):
+    small = PandaLM(config={**tiny_config, "vocab_size": len(tokenizer) - 1})
+
+    class Data:
+        pass
+
+    data = Data()
+    data.tokenizer = str(tokenizer_dir)
+    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} rows .* {len(tokenizer)} tokens"):
+        check_vocabulary(small.hf_model, data)
+    check_vocabulary(PandaLM(config=tiny_config).hf_model, data)
+
+
+def test_merged_hf_model_is_a_plain_copy(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config)
+    merged = model.merged_hf_model()
+    assert type(merged).__name__ == "LlamaForCausalLM" and merged is not model.hf_model
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    assert torch.equal(merged.model.embed_tokens.weight, model.hf_model.model.embed_tokens.weight)

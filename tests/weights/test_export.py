@@ -1,0 +1,139 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from panda.model import LoraSettings, PandaLM
+from panda.weights.export import build_model, export_checkpoint, read_checkpoint
+from panda.weights.shards import WeightFileError
+
+CONFIG_KEYS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"]
+
+
+@pytest.fixture()
+def tiny_config(tiny_llama_config) -> dict:
+    return {key: getattr(tiny_llama_config, key) for key in CONFIG_KEYS}
+
+
+@pytest.fixture()
+def input_ids(tokenizer, chinese_paragraphs) -> torch.Tensor:
+    return tokenizer(chinese_paragraphs[:2], return_tensors="pt", padding=True, truncation=True,
+                     max_length=24)["input_ids"]
+
+
+def save_checkpoint(module: L.LightningModule, path) -> None:
+    """Write ``module`` as Lightning's Trainer does (same keys, hyper_parameters pickled the same way)."""
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+
+
+def randomize_adapters(module: PandaLM) -> None:
+    """LoRA's B starts at zero (no effect); give the adapters weights so that merging them matters."""
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in module.named_parameters():
+        if "lora_" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
+
+
+def test_export_round_trip_gives_the_modules_logits(tmp_path, tiny_config, tokenizer_dir, tokenizer, input_ids):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    module = PandaLM(config=tiny_config, monitor_throughput=False)
+    save_checkpoint(module, tmp_path / "last.ckpt")
+
+    export_checkpoint(tmp_path / "last.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir), max_shard_size="200KB")
+
+    files = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json"} <= set(files)
+    assert len([f for f in files if f.startswith("model-") and f.endswith(".safetensors")]) > 1
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        expected = module.model(input_ids=input_ids).logits
+        torch.testing.assert_close(exported(input_ids=input_ids).logits, expected, rtol=0, atol=0)
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert reloaded_tokenizer("人民日报")["input_ids"] == tokenizer("人民日报")["input_ids"]
+    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
+
+
+def test_checkpoint_tensors_become_the_parameters_without_a_copy(tmp_path, tiny_config):
+    save_checkpoint(PandaLM(config=tiny_config, monitor_throughput=False), tmp_path / "last.ckpt")
+    checkpoint = read_checkpoint(tmp_path / "last.ckpt")
+    model = build_model(checkpoint)
+    assert model.get_input_embeddings().weight.data_ptr() == \
+        checkpoint.state_dict["model.model.embed_tokens.weight"].data_ptr()
+    assert all(p.data_ptr() == checkpoint.state_dict[f"model.{n}"].data_ptr() for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("save_adapters_only", [True, False])
+def test_lora_checkpoint_is_exported_merged(tmp_path, tiny_llama_config, tokenizer_dir, input_ids,
+                                            save_adapters_only):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config).save_pretrained(tmp_path / "base")
+    module = PandaLM(pretrained=str(tmp_path / "base"), monitor_throughput=False,
+                     lora=LoraSettings(r=4, target_modules=["q_proj", "v_proj"], save_adapters_only=save_adapters_only))
+    randomize_adapters(module)
+    module.eval()
+    save_checkpoint(module, tmp_path / "lora.ckpt")
+    keys = torch.load(tmp_path / "lora.ckpt", weights_only=False)["state_dict"]
+    assert all("lora_" in key for key in keys) == save_adapters_only
+
+    export_checkpoint(tmp_path / "lora.ckpt", tmp_path / "merged", tokenizer=str(tokenizer_dir))
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name in merged.state_dict())
+    with torch.no_grad():
+        expected = module.model(input_ids=input_ids).logits
+        torch.testing.assert_close(merged(input_ids=input_ids).logits, expected, rtol=1e-5, atol=1e-5)
+        base = LlamaForCausalLM.from_pretrained(tmp_path / "base")
+        assert not torch.allclose(base(input_ids=input_ids).logits, expected, atol=1e-3)  # adapters matter
+
+
+def test_lora_checkpoint_is_exported_as_adapters(tmp_path, tiny_llama_config, tokenizer_dir, input_ids):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config).save_pretrained(tmp_path / "base")
+    module = PandaLM(pretrained=str(tmp_path / "base"), monitor_throughput=False, lora=LoraSettings(r=4))
+    randomize_adapters(module)
+    module.eval()
+    save_checkpoint(module, tmp_path / "lora.ckpt")
+
+    export_checkpoint(tmp_path / "lora.ckpt", tmp_path / "adapters", tokenizer=str(tokenizer_dir),
+                      lora_mode="adapters")
+
+    assert (tmp_path / "adapters" / "adapter_config.json").is_file()
+    assert not list((tmp_path / "adapters").glob("model*.safetensors"))
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapters")
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=input_ids).logits, module.model(input_ids=input_ids).logits)
+
+
+class Gadget:
+    """Stands for any class an attacker could make a pickle construct."""
+
+
+def test_checkpoint_with_foreign_objects_is_refused(tmp_path, tiny_config, tokenizer_dir):
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": tiny_config, "extra": Gadget()}},
+               tmp_path / "odd.ckpt")
+    with pytest.raises(WeightFileError, match=r"odd.ckpt: refusing to unpickle .*Gadget"):
+        export_checkpoint(tmp_path / "odd.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_missing_tensor_is_named_and_nothing_is_written(tmp_path, tiny_config, tokenizer_dir):
+    module = PandaLM(config=tiny_config, monitor_throughput=False)
+    state = {f"model.{k}": v for k, v in module.model.state_dict().items() if "layers.1.mlp.up_proj" not in k}
+    torch.save({"state_dict": state, "hyper_parameters": {"config": tiny_config}}, tmp_path / "partial.ckpt")
+    with pytest.raises(WeightFileError, match=r"partial.ckpt: no tensor for model.model.layers.1.mlp.up_proj.weight"):
+        export_checkpoint(tmp_path / "partial.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+    assert not (tmp_path / "hf").exists()
