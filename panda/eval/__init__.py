@@ -8,9 +8,17 @@ Entry points: ``lightning_main.py validate --config configs/eval/<benchmark>.yam
 :mod:`~panda.eval.datamodule`), :func:`evaluate` from Python, :class:`PeriodicEvaluation` during ``fit``.
 """
 
-from panda.eval.callback import PeriodicEvaluation
-from panda.eval.datamodule import BenchmarkDataModule
-from panda.eval.module import MultipleChoiceEvaluator
-from panda.eval.run import evaluate
+from __future__ import annotations
 
-__all__ = ["BenchmarkDataModule", "MultipleChoiceEvaluator", "PeriodicEvaluation", "evaluate"]
+import importlib
+
+_EXPORTS = {"BenchmarkDataModule": "datamodule", "MultipleChoiceEvaluator": "module",
+            "PeriodicEvaluation": "callback", "evaluate": "run"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import Lightning-based parts on first use, so ``panda.eval.metrics`` & co. stay light in worker processes."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"panda.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'panda.eval' has no attribute {name!r}")

@@ -10,8 +10,11 @@ start it with the dummy-prefix piece ``"▁"`` — a token the model never sees 
 tokenizing context and continuation separately can also split a piece that BPE would have merged across the
 boundary. So each option is encoded *together* with its context, ``encode(context + continuation)``, and cut at
 the context's own token boundary, ``len(encode(context))``, when the context's ids are a prefix of the joint ids
-(``split = "joint"``, the normal case). When BPE merged across the boundary the prefix test fails and the
-continuation is encoded on its own instead (``split = "separate"``); which rule was used is written out per option.
+(``split = "joint"``, the normal case). When BPE merged across the boundary (``人民日`` + ``报`` → ``人民日报``)
+that prefix test fails; the context's ids stay as they are and the continuation is tokenized as it would be at the
+start of a line: ``encode("\n" + continuation)`` cut after ``encode("\n")`` (``split = "after_newline"``; the
+newline is a byte piece that does not merge, and no dummy prefix reaches the continuation). Only if that fails too
+is the continuation encoded on its own (``split = "separate"``). Which rule was used is written out per option.
 
 Sharing the prompt. The context's ids are the same for all options of a question, so it runs through the model
 once: one batched forward over the questions' left-padded prompts fills the KV cache, the cache rows are repeated
@@ -34,18 +37,28 @@ from panda.eval.generation import left_pad
 from panda.eval.loading import encode
 
 
+def _split_after(tokenizer, prefix: str, text: str, prefix_ids: list[int]) -> list[int] | None:
+    joint = encode(tokenizer, prefix + text)
+    if len(joint) > len(prefix_ids) and joint[: len(prefix_ids)] == prefix_ids:
+        return joint[len(prefix_ids):]
+    return None
+
+
 def split_continuation(tokenizer, context_ids: list[int], context: str, continuation: str
                        ) -> tuple[list[int], str]:
     """Continuation ids for ``continuation`` after ``context`` (``context_ids = encode(context)``) and the rule used.
 
     Returns:
-        ``(continuation_ids, "joint" | "separate")`` (see the module docstring).
+        ``(continuation_ids, "joint" | "after_newline" | "separate")`` (see the module docstring).
     """
     if not continuation:
         raise ValueError(f"empty continuation after context ending {context[-40:]!r}")
-    joint = encode(tokenizer, context + continuation)
-    if len(joint) > len(context_ids) and joint[: len(context_ids)] == context_ids:
-        return joint[len(context_ids):], "joint"
+    ids = _split_after(tokenizer, context, continuation, context_ids)
+    if ids is not None:
+        return ids, "joint"
+    ids = _split_after(tokenizer, "\n", continuation, encode(tokenizer, "\n"))
+    if ids is not None:
+        return ids, "after_newline"
     return list(tokenizer(continuation, add_special_tokens=False)["input_ids"]), "separate"
 
 

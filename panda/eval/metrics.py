@@ -54,4 +54,4 @@ class QuestionMean(Metric):
             return {"mean": torch.tensor(float("nan")), "count": torch.tensor(0)}
         index, value = dim_zero_cat(self.index), dim_zero_cat(self.value)
         kept = value[first_occurrences(index)]
-        return {"mean": kept.mean(), "count": torch.tensor(kept.numel())}
+        return {"mean": kept.double().mean(), "count": torch.tensor(kept.numel())}

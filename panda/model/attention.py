@@ -9,9 +9,14 @@ boundaries. How that is expressed depends on the attention kernel:
   the eager kernel *adds* the mask to the attention scores (so it must be additive float: 0 where allowed, the
   dtype's minimum where not — a bool mask would add 0/1 and silently mask nothing), while
   ``torch.nn.functional.scaled_dot_product_attention`` takes a bool mask (True = may attend), the cheaper form.
-- ``flash_attention_2`` (and other flash/flex kernels): ``position_ids`` only. transformers recognises a packed
-  batch from position ids that restart and runs the variable-length kernel (``cu_seqlens``), which never
-  materialises a T×T mask.
+- ``flash_attention_2`` (any ``flash*`` kernel): no T×T mask at all. The variable-length kernel takes the
+  cumulative document lengths ``cu_seq_lens`` over the flattened ``B·T`` tokens, and transformers forwards them
+  (with ``max_length``) from ``LlamaForCausalLM.forward`` down to the kernel. We compute them from
+  ``position_ids`` with transformers' own helper. Relying on position ids alone is not enough: transformers only
+  infers packing from position ids when the batch size is 1.
+- ``flex_attention``: ``position_ids`` only; transformers builds the block mask from restarting position ids.
+
+On a GPU prefer ``flash_attention_2``: SDPA with an explicit mask cannot use its flash kernel.
 
 We build the eager/sdpa mask ourselves rather than rely on transformers' position-id detection so the behaviour
 is written down here and tested, and does not change with a transformers upgrade.
@@ -49,8 +54,9 @@ def packed_forward_kwargs(batch: Mapping[str, torch.Tensor], attn_implementation
             autocast).
 
     Returns:
-        ``input_ids``, ``position_ids`` and, for eager/sdpa, a 4D ``attention_mask``. Labels are not included: the
-        module computes the loss itself.
+        ``input_ids`` and ``position_ids`` (B, T); for eager/sdpa a 4D ``attention_mask``; for flash kernels
+        ``cu_seq_lens_q/k`` and ``max_length_q/k``. The logits keep the batch's (B, T) shape. Labels are not
+        included: the module computes the loss itself.
     """
     input_ids, position_ids = batch["input_ids"], batch["position_ids"]
     if position_ids.shape != input_ids.shape:
@@ -64,7 +70,14 @@ def packed_forward_kwargs(batch: Mapping[str, torch.Tensor], attn_implementation
                 ~allowed, torch.finfo(dtype).min)
         else:
             kwargs["attention_mask"] = allowed
-    elif "flash" not in attn_implementation and attn_implementation != "flex_attention":
+    elif "flash" in attn_implementation:
+        from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+        (cu_seq_lens_q, cu_seq_lens_k), (max_length_q, max_length_k) = prepare_fa_kwargs_from_position_ids(
+            position_ids)  # boundaries over the flattened (B·T,) tokens: every row and document starts at 0
+        kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
+                      max_length_q=int(max_length_q), max_length_k=int(max_length_k))
+    elif attn_implementation != "flex_attention":
         raise ValueError(f"attn_implementation {attn_implementation!r} is not supported for packed batches; use "
-                         f"one of {MASK_IMPLEMENTATIONS}, 'flash_attention_2' or 'flex_attention'")
+                         f"one of {MASK_IMPLEMENTATIONS}, a flash-attention kernel or 'flex_attention'")
     return kwargs

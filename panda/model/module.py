@@ -19,6 +19,7 @@ The Hugging Face model lives at ``self.model`` so checkpoint keys read ``model.<
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -121,7 +122,10 @@ class PandaLM(LightningModule):
         monitor_throughput: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        if isinstance(lora, dict):  # as stored in a checkpoint's hyperparameters
+            lora = LoraSettings(**lora)
+        self.save_hyperparameters(ignore=["optimizer", "lora"])
+        self.hparams["lora"] = asdict(lora) if lora is not None else None  # plain types: weights_only loading
         if lora is not None and trainable != "all":
             raise ValueError("model.lora and model.trainable=embeddings exclude each other; to train the embeddings "
                              "beside adapters list them in model.lora.modules_to_save")

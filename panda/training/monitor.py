@@ -2,8 +2,8 @@
 
 Tokens per second counted over padded batches flatter a pipeline that pads every example to 2048 as the reference
 did; here only real (non-pad, ``attention_mask == 1``) tokens count, and "samples" are documents (a packed row holds
-several). The logged scalars are Lightning's: ``train|device|items_per_sec`` (useful tokens/s per device),
-``train|device|samples_per_sec`` (documents/s), ``train|device|flops_per_sec`` and ``train|device|mfu``.
+several). The logged scalars are Lightning's: ``train/device/items_per_sec`` (useful tokens/s per device),
+``train/device/samples_per_sec`` (documents/s), ``train/device/flops_per_sec`` and ``train/device/mfu``.
 
 FLOPs follow the PaLM appendix-B convention of *model* FLOPs (activation recomputation is not counted, so MFU does
 not improve by recomputing): per trained token, ``2N`` forward + ``2N`` backward through activations + ``2N`` for

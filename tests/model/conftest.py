@@ -58,6 +58,7 @@ class ContractDataModule(LightningDataModule):
         super().__init__()
         tokenizer = load_tokenizer(tokenizer)
         self.tokenizer, self.width, self.batch_size = tokenizer, width, batch_size
+        self.max_seq_length = width
         documents = []
         for i, text in enumerate(people_daily_paragraphs()[:paragraphs]):
             if i % 2 == 0:

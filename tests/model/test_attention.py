@@ -30,8 +30,8 @@ def test_kwargs_per_implementation():
     assert eager["attention_mask"][0, 0].tolist() == [[0, low, low], [low, 0, low], [low, 0, 0]]
     assert packed_forward_kwargs(batch, "sdpa")["attention_mask"][0, 0].tolist() == [
         [True, False, False], [False, True, False], [False, True, True]]
-    flash = packed_forward_kwargs(batch, "flash_attention_2")
-    assert set(flash) == {"input_ids", "position_ids"} and flash["position_ids"] is batch["position_ids"]
+    flex = packed_forward_kwargs(batch, "flex_attention")
+    assert set(flex) == {"input_ids", "position_ids"} and flex["position_ids"] is batch["position_ids"]
     with pytest.raises(ValueError, match="'paged_magic' is not supported"):
         packed_forward_kwargs(batch, "paged_magic")
 
@@ -42,18 +42,45 @@ def per_token_loss(logits, labels):
                            reduction="none")
 
 
+def reference_flash_varlen(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                           cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, **kwargs):
+    """What flash-attention's varlen kernel computes, on CPU: causal attention within each cu_seq_lens span of the
+    flattened (B·T) tokens. transformers reserves names containing "flash" for real kernels, so the model runs this
+    under its own name and is fed the kwargs ``packed_forward_kwargs`` makes for ``flash_attention_2``."""
+    assert attention_mask is None and cu_seq_lens_q is not None and torch.equal(cu_seq_lens_q, cu_seq_lens_k)
+    batch, heads, length, dim = query.shape  # (B, H, T, D)
+    q, k, v = (x.transpose(1, 2).reshape(batch * length, heads, dim) for x in (query, key, value))  # (B·T, H, D)
+    out = torch.empty_like(q)
+    bounds = cu_seq_lens_q.tolist()
+    assert max_length_q == max(e - s for s, e in zip(bounds[:-1], bounds[1:]))
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        out[s:e] = F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
+                                                  v[s:e].transpose(0, 1), is_causal=True, scale=scaling).transpose(0, 1)
+    return out.view(batch, length, heads, dim), None
+
+
+VARLEN_ON_CPU = "varlen_reference"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _register_reference_flash():
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ON_CPU, reference_flash_varlen)
+
+
 @pytest.fixture()
 def packed_documents(tokenizer, chinese_paragraphs):
-    texts = [(chinese_paragraphs[1][:12], True), (chinese_paragraphs[2][:30], True)]
-    examples = [Example((Segment(texts[0][0], True),)),
-                Example((Segment("请总结：" + texts[1][0], False), Segment("好的。", True))),
+    """Two packed rows: [plain text, instruction, padding] and [plain text, padding]."""
+    examples = [Example((Segment(chinese_paragraphs[1][:12], True),)),
+                Example((Segment("请总结：" + chinese_paragraphs[2][:30], False), Segment("好的。", True))),
                 Example((Segment(chinese_paragraphs[3][:20], True),))]
     documents = [{"input_ids": seq.input_ids, "labels": seq.labels, "source_id": i}
                  for i, ex in enumerate(examples) for seq in encode_example(ex, tokenizer, 64)]
     assert len(documents) == 3
-    width = sum(len(d["input_ids"]) for d in documents) + 5  # a padding tail too
-    batch = PackedCollator.from_tokenizer(tokenizer, width)([documents])
-    return documents, batch
+    rows = [[documents[0], documents[1]], [documents[2]]]
+    width = len(documents[0]["input_ids"]) + len(documents[1]["input_ids"]) + 5  # row 0 has a padding tail too
+    return rows, PackedCollator.from_tokenizer(tokenizer, width)(rows)
 
 
 def tiny_model(config, attn_implementation):
@@ -64,32 +91,47 @@ def tiny_model(config, attn_implementation):
     return LlamaForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_packed_loss_equals_each_document_alone(tiny_llama_config, packed_documents, attn_implementation):
-    documents, batch = packed_documents
+IMPLEMENTATIONS = [("eager", "eager"), ("sdpa", "sdpa"), (VARLEN_ON_CPU, "flash_attention_2")]
+
+
+@pytest.mark.parametrize(("attn_implementation", "kwargs_for"), IMPLEMENTATIONS)
+def test_packed_loss_equals_each_document_alone(tiny_llama_config, packed_documents, attn_implementation,
+                                                kwargs_for):
+    rows, batch = packed_documents
     model = tiny_model(tiny_llama_config, attn_implementation)
+    reference = tiny_model(tiny_llama_config.__class__(**tiny_llama_config.to_dict()), "eager")
+    reference.load_state_dict(model.state_dict())
     with torch.no_grad():
-        packed = per_token_loss(model(**packed_forward_kwargs(batch, attn_implementation)).logits, batch["labels"])
-        start = 0
-        for document in documents:
-            ids = torch.tensor([document["input_ids"]])
-            alone = per_token_loss(model(input_ids=ids).logits, torch.tensor([document["labels"]]))[0]
-            end = start + ids.shape[1]
-            assert alone.gt(0).sum() > 0
-            torch.testing.assert_close(packed[0, start:end - 1], alone, atol=1e-5, rtol=1e-5)
-            start = end
+        packed = per_token_loss(model(**packed_forward_kwargs(batch, kwargs_for)).logits, batch["labels"])
+        for b, row in enumerate(rows):
+            start = 0
+            for document in row:
+                ids = torch.tensor([document["input_ids"]])
+                alone = per_token_loss(reference(input_ids=ids).logits, torch.tensor([document["labels"]]))[0]
+                end = start + ids.shape[1]
+                assert alone.gt(0).sum() > 0
+                torch.testing.assert_close(packed[b, start:end - 1], alone, atol=1e-5, rtol=1e-5)
+                start = end
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_without_block_mask_documents_leak_into_each_other(tiny_llama_config, packed_documents,
                                                            attn_implementation):
-    documents, batch = packed_documents
+    rows, batch = packed_documents
     model = tiny_model(tiny_llama_config, attn_implementation)
     with torch.no_grad():
         masked = per_token_loss(model(**packed_forward_kwargs(batch, attn_implementation)).logits, batch["labels"])
         # a plain 2D mask turns off transformers' own packed-sequence detection: ordinary causal attention
         leaky = per_token_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                      attention_mask=batch["attention_mask"]).logits, batch["labels"])
-    first = len(documents[0]["input_ids"])
+    first = len(rows[0][0]["input_ids"])
     torch.testing.assert_close(leaky[0, :first - 1], masked[0, :first - 1], atol=1e-5, rtol=1e-5)
     assert (leaky[0, first:] - masked[0, first:]).abs().max() > 1e-3
+
+
+def test_flash_kwargs_are_document_boundaries_over_the_flattened_batch():
+    batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
+             "position_ids": torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]])}
+    kwargs = packed_forward_kwargs(batch, "flash_attention_2")
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 10] and kwargs["cu_seq_lens_k"].tolist() == [0, 3, 5, 7, 10]
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 3 and "attention_mask" not in kwargs

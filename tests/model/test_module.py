@@ -154,10 +154,9 @@ def test_vocabulary_check_names_both_sizes(tiny_config, tokenizer_dir, tokenizer
     check_vocabulary(PandaLM(config=tiny_config).hf_model, data)
 
 
-def test_merged_hf_model_is_a_plain_copy(tiny_config, contract_datamodule):
+def test_merged_hf_model_is_a_plain_copy(tiny_config):
     torch.manual_seed(0)
     model = PandaLM(config=tiny_config)
     merged = model.merged_hf_model()
     assert type(merged).__name__ == "LlamaForCausalLM" and merged is not model.hf_model
-    batch = next(iter(contract_datamodule.train_dataloader()))
     assert torch.equal(merged.model.embed_tokens.weight, model.hf_model.model.embed_tokens.weight)

@@ -1,0 +1,45 @@
+"""``python -m panda.weights <command>``: the weight tools, one subcommand each; ``--help`` on any of them.
+
+    delta-make    base + trained model → verifiable delta (manifest with sha256 of base, delta, target)
+    delta-apply   base + delta → the trained model, checked bit for bit (also the reference's float deltas)
+    export        Lightning / DeepSpeed checkpoint → Hugging Face directory (LoRA merged or as adapters)
+    extend-vocab  learn Chinese pieces, merge them into the tokenizer, grow and initialise the embeddings
+
+Arguments are read from the functions' signatures (jsonargparse), so the docstrings are the documentation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jsonargparse import CLI
+
+from panda.weights.delta import apply_delta, make_delta
+from panda.weights.export import export_checkpoint
+from panda.weights.vocab import extend_vocabulary
+
+COMMANDS = {
+    "delta-make": make_delta,
+    "delta-apply": apply_delta,
+    "export": export_checkpoint,
+    "extend-vocab": extend_vocabulary,
+}
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run one command; a mistake the user can fix (wrong base, truncated file, …) is one line on stderr, exit 1."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        result = CLI(COMMANDS, args=args, prog="python -m panda.weights",
+                     description="Panda weight tools: deltas, export to Hugging Face, vocabulary extension.")
+    except (OSError, ValueError) as error:  # WeightFileError and WrongBaseError are ValueErrors
+        print(f"python -m panda.weights: error: {error}", file=sys.stderr)
+        return 1
+    if result is not None and not hasattr(result, "summary"):
+        print(f"wrote {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from panda.eval.loading import encode
+from panda.eval.loglik import choose, score_options, split_continuation
+from panda.eval.scoring import score_batch
+
+CONTEXTS = ["阅读下面的文章：\n\n人民日报社论指出，今年经济发展很快。\n\n本题的答案是：", "你好", "人民日"]
+OPTIONS = [["A", "B", "C", "经济发展很快"], ["世界", "，中国人民"], ["报", "本"]]
+
+
+def plain_scores(model, tokenizer, context, options):
+    """One forward per option over context + continuation, log-probs summed by hand."""
+    scores = []
+    context_ids = encode(tokenizer, context)
+    for option in options:
+        continuation_ids, _ = split_continuation(tokenizer, context_ids, context, option)
+        ids = torch.tensor([context_ids + continuation_ids])
+        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)  # (T, V)
+        scores.append(sum(logprobs[len(context_ids) - 1 + t, token].item()
+                          for t, token in enumerate(continuation_ids)))
+    return scores
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_batched_scores_equal_a_plain_per_option_computation(tiny_model, tokenizer, share_prompt):
+    results = score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
+    for context, options, result in zip(CONTEXTS, OPTIONS, results):
+        expected = plain_scores(tiny_model, tokenizer, context, options)
+        assert [r["continuation"] for r in result] == options
+        assert [r["chars"] for r in result] == [len(o) for o in options]
+        assert [r["logprob"] for r in result] == pytest.approx(expected, abs=1e-5)
+        assert all(r["tokens"] >= 1 and r["logprob"] < 0 for r in result)
+
+
+def test_all_options_of_a_batch_share_one_prompt_pass_and_one_option_pass(tiny_model, tokenizer):
+    calls = []
+    handle = tiny_model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    try:
+        score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=True)
+        assert len(calls) == 2
+        calls.clear()
+        score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=False)
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+
+
+def test_continuation_is_cut_from_the_joint_encoding_without_a_dummy_prefix(tokenizer):
+    context = "本题的答案是："
+    context_ids = encode(tokenizer, context)
+    ids, split = split_continuation(tokenizer, context_ids, context, "经济发展很快")
+    assert split == "joint"
+    assert context_ids + ids == encode(tokenizer, context + "经济发展很快")
+    assert tokenizer.decode(ids) == "经济发展很快"
+    assert tokenizer.convert_ids_to_tokens(ids[0]) != "▁"
+
+
+def test_merge_across_the_boundary_falls_back_to_line_start_tokenization(tokenizer):
+    context = "人民日"  # BPE merges 人民日 + 报 into one piece, so the context's ids are no prefix of the joint ids
+    context_ids = encode(tokenizer, context)
+    joint = encode(tokenizer, context + "报")
+    assert joint[: len(context_ids)] != context_ids
+    ids, split = split_continuation(tokenizer, context_ids, context, "报")
+    assert split == "after_newline"
+    assert tokenizer.convert_ids_to_tokens(ids) == ["报"]  # no dummy-prefix "▁" in front
+    separate = tokenizer("报", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(separate)[0] == "▁"  # what plain separate encoding would have scored
+
+
+def test_acc_takes_the_sum_and_acc_norm_the_sum_per_character():
+    scores = [{"logprob": -4.0, "chars": 2}, {"logprob": -5.0, "chars": 10}, {"logprob": -9.0, "chars": 3}]
+    assert choose(scores) == (0, 1)
+    tie = [{"logprob": -2.0, "chars": 1}, {"logprob": -2.0, "chars": 1}]
+    assert choose(tie) == (0, 0)
+
+
+def test_score_batch_records_loglik_predictions(tiny_model, tokenizer):
+    question = {"index": 4, "prompt": CONTEXTS[0], "options": OPTIONS[0], "label": 3}
+    [record] = score_batch(tiny_model, tokenizer, [question], protocol="loglik")
+    loglik = record["loglik"]
+    sums = [o["logprob"] for o in loglik["options"]]
+    per_char = [o["logprob"] / o["chars"] for o in loglik["options"]]
+    assert loglik["prediction"] == "ABCD"[sums.index(max(sums))]
+    assert loglik["prediction_norm"] == "ABCD"[per_char.index(max(per_char))]
+    assert loglik["correct"] == (loglik["prediction"] == "D") and record["gold"] == "D"
+    assert "generate" not in record
+    [letters] = score_batch(tiny_model, tokenizer, [question], protocol="loglik", continuation="letter")
+    assert [o["continuation"] for o in letters["loglik"]["options"]] == ["A", "B", "C", "D"]
+    assert letters["loglik"]["prediction"] == letters["loglik"]["prediction_norm"]

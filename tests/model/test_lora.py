@@ -1,0 +1,73 @@
+"""LoRA through peft: only adapters train, only adapters are checkpointed, merging reproduces the adapted model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from panda.model import LoraSettings, PandaLM
+
+
+def _fit(model, datamodule, tmp_path, steps=3):
+    trainer = Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule)
+    return trainer
+
+
+def test_lora_trains_only_the_adapters(tiny_config, contract_datamodule, tmp_path):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config, lora=LoraSettings(r=4, alpha=8, dropout=0.0,
+                                                          target_modules=["q_proj", "v_proj"]))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {"q_proj", "v_proj"}
+    assert len(trainable) == 2 * 2 * tiny_config["num_hidden_layers"]  # A and B, two projections per layer
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _fit(model, contract_datamodule, tmp_path)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    # lora_B starts at zero, so after a few steps both A and B have moved; nothing else has
+    assert changed == set(trainable)
+
+
+def test_checkpoint_holds_only_adapters_and_reloads(tiny_config, contract_datamodule, tmp_path):
+    torch.manual_seed(0)
+    settings = LoraSettings(r=4, alpha=8, dropout=0.0)
+    model = PandaLM(config=tiny_config, lora=settings)
+    trainer = _fit(model, contract_datamodule, tmp_path)
+    path = tmp_path / "adapters.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)["state_dict"]
+    assert state and all(".lora_" in key for key in state)
+
+    torch.manual_seed(0)  # the frozen body is rebuilt from the same config/seed (in practice: model.pretrained)
+    restored = PandaLM.load_from_checkpoint(path)
+    for key, value in state.items():
+        assert torch.equal(restored.state_dict()[key], value), key
+
+
+def test_merged_model_matches_the_adapted_model(tiny_config, contract_datamodule, tmp_path):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    _fit(model, contract_datamodule, tmp_path)
+    merged = model.merged_hf_model()
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in key for key in merged.state_dict())
+    assert any("lora" in key for key in model.state_dict())  # the training model is left as it was
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        expected = model(batch)
+        merged_logits = merged(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        plain = PandaLM(config=tiny_config)
+        plain.model = merged
+        torch.testing.assert_close(plain(batch), expected, rtol=1e-4, atol=1e-4)
+    assert merged_logits.shape == expected.shape
+
+
+def test_bad_lora_settings_are_named(tiny_config):
+    with pytest.raises(ValueError, match="q_projection"):
+        PandaLM(config=tiny_config, lora=LoraSettings(target_modules=["q_projection"]))
+    with pytest.raises(ValueError, match="exclude each other"):
+        PandaLM(config=tiny_config, lora=LoraSettings(), trainable="embeddings")

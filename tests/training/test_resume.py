@@ -1,0 +1,150 @@
+"""Kill-and-resume equality through the real entry point, on real 2-process DeepSpeed ZeRO-1 (CPU, gloo, bf16).
+
+Three runs of ``python lightning_main.py fit`` with the same config (tiny LLaMA, People's Daily text, packed):
+an uninterrupted one; one that is SIGKILLed mid-epoch after its step-4 checkpoint; and one resumed from that
+checkpoint with ``--ckpt_path``. The resumed run must log exactly the losses of the uninterrupted one from step 5
+on, cross the epoch boundary the same way, and end with bit-identical weights (bf16 model and fp32 ZeRO masters).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS, EVERY, KILL_AT = 12, 4, 6
+
+
+class PauseAt(L.Callback):
+    """Test helper for the run that gets killed: after ``step`` optimizer steps, mark a file and hang."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            Path(self.marker).write_text(str(trainer.global_step))
+            time.sleep(600)
+
+
+def write_config(path: Path, run_dir: Path, tokenizer_dir: Path, corpus: Path, vocab_size: int,
+                 extra_callbacks: list[dict] = ()) -> Path:
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "panda.model.PandaLM", "init_args": {
+            "config": {"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 128,
+                       "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
+            "monitor_throughput": False}},
+        "data": {"class_path": "panda.data.PandaDataModule", "init_args": {
+            "tokenizer": str(tokenizer_dir), "sources": [{"name": "news", "paths": str(corpus), "format": "jsonl"}],
+            "max_seq_length": 64, "batch_size": 2, "cache_dir": str(path.parent / "cache")}},
+        "trainer": {
+            "accelerator": "cpu", "devices": 2, "precision": "bf16-mixed",
+            "strategy": str(ROOT / "configs" / "strategy" / "deepspeed_cpu.yaml"),
+            "max_steps": MAX_STEPS, "log_every_n_steps": 1, "enable_progress_bar": False,
+            "enable_model_summary": False, "num_sanity_val_steps": 0,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir),
+                                                                                     "flush_logs_every_n_steps": 1, "name": "logs"}},
+            "callbacks": [{"class_path": "panda.training.checkpoint.AtomicCheckpoint",
+                           "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": EVERY,
+                                         "keep_last": 2}}, *extra_callbacks],
+        },
+    }
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def fit_command(config: Path, *extra: str) -> tuple[list[str], dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(name, None)
+    return [sys.executable, "lightning_main.py", "fit", "--config", str(config), *extra], env
+
+
+def fit(config: Path, *extra: str) -> None:
+    command, env = fit_command(config, *extra)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+def logged_losses(run_dir: Path, version: int = 0) -> dict[int, tuple[int, str]]:
+    """``{step: (epoch, loss as logged)}`` of rank 0, from one CSVLogger version of ``run_dir``."""
+    losses = {}
+    with open(run_dir / "logs" / f"version_{version}" / "metrics.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("train/loss"):
+                losses[int(row["step"])] = (int(row["epoch"]), row["train/loss"])
+    return losses
+
+
+def final_weights(checkpoint: Path) -> tuple[dict, dict]:
+    """The bf16 module weights and the fp32 weights merged from the ZeRO optimizer shards of a checkpoint."""
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    module = torch.load(checkpoint / "checkpoint" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    merged = convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint), str(checkpoint.parent / "merged.pt"))
+    return module, merged["state_dict"]
+
+
+@pytest.fixture()
+def corpus(tmp_path, chinese_paragraphs) -> Path:
+    path = tmp_path / "news.jsonl"
+    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in chinese_paragraphs[:30]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tokenizer_dir, tokenizer, corpus):
+    vocab = len(tokenizer)
+    full_dir, cut_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    fit(write_config(tmp_path / "full.yaml", full_dir, tokenizer_dir, corpus, vocab))
+    reference = logged_losses(full_dir)
+    assert sorted(reference) == list(range(MAX_STEPS))
+    assert reference[EVERY][0] == reference[EVERY - 1][0] == 0, "the checkpoint to resume from must be mid-epoch"
+    assert reference[MAX_STEPS - 1][0] >= 1, "the runs must cross an epoch boundary after the resume"
+
+    marker = tmp_path / "paused"
+    pause = {"class_path": f"{__name__}.PauseAt", "init_args": {"step": KILL_AT, "marker": str(marker)}}
+    cut_config = write_config(tmp_path / "cut.yaml", cut_dir, tokenizer_dir, corpus, vocab, [pause])
+    command, env = fit_command(cut_config)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert process.poll() is None, f"the run to be killed ended early:\n{process.stderr.read()[-4000:]}"
+            assert time.monotonic() < deadline, "the run to be killed never reached its pause"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # both ranks: Lightning started rank 1 in this process group
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (cut_dir / "checkpoints").iterdir()) == ["step=00000004.ckpt"]
+
+    pause_free = write_config(tmp_path / "resume.yaml", cut_dir, tokenizer_dir, corpus, vocab)
+    fit(pause_free, "--ckpt_path", str(cut_dir / "checkpoints" / "step=00000004.ckpt"))
+
+    killed, resumed = logged_losses(cut_dir, version=0), logged_losses(cut_dir, version=1)
+    assert killed == {s: reference[s] for s in range(KILL_AT)}
+    assert resumed == {s: reference[s] for s in range(EVERY, MAX_STEPS)}
+
+    name = f"step={MAX_STEPS:08d}.ckpt"
+    (full_module, full_fp32), (cut_module, cut_fp32) = (final_weights(d / "checkpoints" / name)
+                                                        for d in (full_dir, cut_dir))
+    assert full_module.keys() == cut_module.keys() and full_fp32.keys() == cut_fp32.keys()
+    assert all(torch.equal(full_module[k], cut_module[k]) for k in full_module)
+    assert all(torch.equal(full_fp32[k], cut_fp32[k]) for k in full_fp32)
