@@ -21,12 +21,12 @@ from panda.eval.prompts import build_prompt, choose_exemplars
 
 def prepare_questions(path: str | Path, format: BenchmarkFormat, *, shots: int = 0, train_path: str | None = None,
                       train_format: BenchmarkFormat | None = None, seed: int = 0, limit: int | None = None,
-                      strict: bool = False) -> list[dict]:
+                      strict: bool = False, report: BenchmarkReport | None = None) -> list[dict]:
     """Read a benchmark and build each question's prompt (the dicts :func:`panda.eval.scoring.score_batch` takes).
 
-    Args: as :class:`BenchmarkDataModule`.
+    Args: as :class:`BenchmarkDataModule`; ``report`` receives the bad records skipped (also warned about).
     """
-    report = BenchmarkReport(str(path))
+    report = report if report is not None else BenchmarkReport(str(path))
     questions = read_benchmark(path, format, strict=strict, report=report)
     if report.problems:
         rank_zero_warn(report.summary())
@@ -72,15 +72,17 @@ class BenchmarkDataModule(LightningDataModule):
         self.shots, self.train_path, self.train_format, self.seed = shots, train_path, train_format, seed
         self.batch_size, self.limit, self.strict, self.num_workers = batch_size, limit, strict, num_workers
         self.questions: list[dict] | None = None
+        self.report: BenchmarkReport | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.questions is not None:
             return
         if self.path is None:
             raise ValueError("no benchmark file: pass --data.init_args.path <file>")
+        self.report = BenchmarkReport(str(self.path))
         self.questions = prepare_questions(self.path, self.format, shots=self.shots, train_path=self.train_path,
                                            train_format=self.train_format, seed=self.seed, limit=self.limit,
-                                           strict=self.strict)
+                                           strict=self.strict, report=self.report)
 
     def _loader(self) -> DataLoader:
         return DataLoader(self.questions, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,

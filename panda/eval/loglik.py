@@ -1,4 +1,4 @@
-"""Log-likelihood protocol: score every option's continuation given the prompt, as lm-evaluation-harness does.
+r"""Log-likelihood protocol: score every option's continuation given the prompt, as lm-evaluation-harness does.
 
 For a question with prompt ``c`` and options ``x_1 … x_n`` the score of option ``i`` is
 ``sum_t log p(x_i[t] | c, x_i[<t])`` over its continuation tokens. ``acc`` takes the argmax of that sum,
@@ -16,25 +16,33 @@ start of a line: ``encode("\n" + continuation)`` cut after ``encode("\n")`` (``s
 newline is a byte piece that does not merge, and no dummy prefix reaches the continuation). Only if that fails too
 is the continuation encoded on its own (``split = "separate"``). Which rule was used is written out per option.
 
-Sharing the prompt. The context's ids are the same for all options of a question, so it runs through the model
-once: one batched forward over the questions' left-padded prompts fills the KV cache, the cache rows are repeated
-per option, and one batched forward over all options' right-padded continuations finishes the job
-(``share_prompt=True``). ``share_prompt=False`` instead runs ``prompt + option`` rows in one forward — simpler,
-more compute, for models whose cache cannot be re-indexed.
+Sharing the prompt. All options of a question go into ONE row after its prompt, and a tree-shaped attention
+mask lets each option see the prompt and its own earlier tokens only — never another option — with position ids
+restarting after the prompt for every option, so each option is scored exactly as if it followed the prompt
+alone. A batch of questions is one forward: the prompt is computed once, options are not padded to each
+other's length, and logits are kept only for the options' tail (``logits_to_keep``)::
 
-    prompt pass     [pad pad c c c c]            (questions, Lc)  → logits at the last prompt position
-    option pass     [x x x pad] per option       (options, Lk)    attends to its question's cached prompt
+    row   [pad pad | p p p p | a a | b b b | c]          prompt once, then options a, b, c
+    pos    0   0     0 1 2 3   4 5   4 5 6   4
+    mask   option tokens attend to p… and to their own option (causal); pads attend only to themselves
+
+This needs an attention kernel that takes a 4D mask (eager, sdpa: the 4D mask is passed through untouched in
+transformers 5; a bool mask for sdpa, an additive one for eager). With flash-attention kernels, or with
+``share_prompt=False``, each ``prompt + option`` is its own left-padded row in one forward (logits kept only for
+the continuation tail) — the prompt is then computed once per option.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 
 from panda.eval.generation import left_pad
 from panda.eval.loading import encode
+
+TREE_ATTENTION = ("eager", "sdpa")
+"""Attention kernels that take an arbitrary 4D mask (flash kernels cannot: they score prompt + option rows)."""
 
 
 def _split_after(tokenizer, prefix: str, text: str, prefix_ids: list[int]) -> list[int] | None:
@@ -62,62 +70,82 @@ def split_continuation(tokenizer, context_ids: list[int], context: str, continua
     return list(tokenizer(continuation, add_special_tokens=False)["input_ids"]), "separate"
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 def _sum_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over t of log_softmax(logits[:, t])[targets[:, t]] where mask; logits (R, L, V) → (R,)."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (R, L)
-    return (picked * mask).sum(-1)
+    """Per row, the sum of log_softmax(logits[r, t])[targets[r, t]] over positions where mask; (R, L, V) → (R,).
+
+    Only the masked positions are normalised (in float32), so padding costs no softmax.
+    """
+    keep = mask.bool()  # (R, L)
+    logprobs = torch.log_softmax(logits[keep].float(), dim=-1)  # (N, V)
+    picked = logprobs.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)  # (N,)
+    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(-1).expand_as(mask)[keep]  # (N,)
+    return torch.zeros(mask.shape[0], device=mask.device).index_add_(0, rows, picked)
 
 
-def _cache_keyword(model) -> str:
-    """``cache`` (transformers ≥ 5.2x) or ``past_key_values`` (earlier): the forward argument and output key."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward(**kwargs)
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _shared_prompt_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
-    prompt_ids, prompt_mask = left_pad(context_ids, pad_id)  # (Q, Lc)
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    cache_kw = _cache_keyword(model)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True,
-                logits_to_keep=1)  # logits (Q, 1, V): only the last prompt position predicts an option token
-    cache = out[cache_kw]
-    index = torch.tensor(row_question, device=device)
-    cache.batch_select_indices(index)  # (R, …): each option row gets its question's prompt
-    option_ids, option_mask = _right_pad(rows, pad_id)  # (R, Lk)
-    option_ids, option_mask = option_ids.to(device), option_mask.to(device)
-    lengths = prompt_mask.sum(-1)[index]  # (R,)
-    positions = lengths.unsqueeze(-1) + torch.arange(option_ids.shape[1], device=device)  # (R, Lk)
-    attention = torch.cat([prompt_mask[index], option_mask], dim=-1)  # (R, Lc + Lk)
-    option_logits = model(input_ids=option_ids, attention_mask=attention, position_ids=positions,
-                          use_cache=False, **{cache_kw: cache}).logits  # (R, Lk, V)
-    # Token t of an option is predicted at option position t-1; token 0 at the prompt's last position.
-    logits = torch.cat([out.logits[index], option_logits[:, :-1]], dim=1)  # (R, Lk, V)
-    return _sum_logprobs(logits, option_ids, option_mask)
+def _tree_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
+    """One forward over ``[prompt | option 1 | option 2 | …]`` rows with a tree mask (see module docstring)."""
+    tails: list[list[int]] = [[] for _ in context_ids]  # the question's options, concatenated
+    starts = []  # per option row: offset of its first token inside its question's tail
+    for q, row in zip(row_question, rows):
+        starts.append(len(tails[q]))
+        tails[q].extend(row)
+    sequences, positions, branches = [], [], []
+    for q, prompt in enumerate(context_ids):
+        sequences.append(prompt + tails[q])
+        positions.append(list(range(len(prompt))))
+        branches.append([0] * len(prompt))
+    for r, (q, row) in enumerate(zip(row_question, rows)):
+        positions[q].extend(range(len(context_ids[q]), len(context_ids[q]) + len(row)))
+        branches[q].extend([r + 1] * len(row))
+    ids, real = left_pad(sequences, pad_id)  # (Q, T), tails end at the right edge
+    width = ids.shape[1]
+    position_ids = torch.zeros_like(ids)
+    branch = torch.full_like(ids, -1)
+    for q in range(len(sequences)):
+        position_ids[q, width - len(sequences[q]):] = torch.tensor(positions[q])
+        branch[q, width - len(sequences[q]):] = torch.tensor(branches[q])
+    real = real.bool()
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
+    same_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # (Q, T, T): key is prompt/own
+    allowed = causal & same_branch & real[:, None, :] & real[:, :, None]
+    allowed |= torch.eye(width, dtype=torch.bool)  # a pad query attends to itself: no all-masked (NaN) rows
+    allowed = allowed[:, None]  # (Q, 1, T, T)
+    if model.config._attn_implementation == "eager":
+        dtype = next(model.parameters()).dtype
+        attention_mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    else:
+        attention_mask = allowed
+    keep = max(len(tail) for tail in tails) + 1  # the tails and the last prompt position
+    logits = model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
+                   position_ids=position_ids.to(device), logits_to_keep=keep).logits  # (Q, keep, V)
+    # Option token j sits at kept index keep - len(tail) + start + j; it is predicted one position earlier, the
+    # first token by the prompt's last position (keep - len(tail) - 1), never by the previous option.
+    question, predictor, target, owner = [], [], [], []
+    for r, (q, row) in enumerate(zip(row_question, rows)):
+        first = keep - len(tails[q]) + starts[r]
+        for j, token in enumerate(row):
+            question.append(q)
+            predictor.append(keep - len(tails[q]) - 1 if j == 0 else first + j - 1)
+            target.append(token)
+            owner.append(r)
+    selected = logits[torch.tensor(question, device=device), torch.tensor(predictor, device=device)]  # (N, V)
+    picked = torch.log_softmax(selected.float(), dim=-1).gather(
+        -1, torch.tensor(target, device=device).unsqueeze(-1)).squeeze(-1)  # (N,)
+    return torch.zeros(len(rows), device=device).index_add_(0, torch.tensor(owner, device=device), picked)
 
 
 def _joint_row_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
     full = [context_ids[q] + row for q, row in zip(row_question, rows)]
-    ids, mask = _right_pad(full, pad_id)  # (R, L)
+    ids, mask = left_pad(full, pad_id)  # (R, L): every continuation ends at the right edge
     ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (R, L-1, V), predicts ids[:, 1:]
-    targets = ids[:, 1:]
-    target_mask = torch.zeros_like(targets)
-    for r, (q, row) in enumerate(zip(row_question, rows)):
-        start = len(context_ids[q]) - 1
-        target_mask[r, start:start + len(row)] = 1
-    return _sum_logprobs(logits, targets, target_mask)
+    width = max(len(row) for row in rows)  # K
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   logits_to_keep=width + 1).logits[:, :-1]  # (R, K, V): predicts ids[:, -K:]
+    target_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for r, row in enumerate(rows):
+        target_mask[r, width - len(row):] = 1
+    return _sum_logprobs(logits, ids[:, -width:], target_mask)
 
 
 @torch.no_grad()
@@ -130,7 +158,8 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
         tokenizer: Its tokenizer.
         contexts: One prompt per question.
         continuations: Per question, the strings to score after its prompt (one per option).
-        share_prompt: Run each prompt once and reuse its KV cache for the options (see module docstring).
+        share_prompt: One row per question, prompt once + all options under a tree mask (see module docstring);
+            off, or with a flash-attention kernel: one left-padded `prompt + option` row per option.
 
     Returns:
         Per question, per option: ``{"continuation", "logprob", "tokens", "chars", "split"}``.
@@ -144,7 +173,8 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
             row_question.append(q)
             splits.append(split)
     device = next(model.parameters()).device
-    score = _shared_prompt_sums if share_prompt else _joint_row_sums
+    tree = share_prompt and model.config._attn_implementation in TREE_ATTENTION
+    score = _tree_sums if tree else _joint_row_sums
     sums = score(model, context_ids, rows, row_question, tokenizer.pad_token_id, device).tolist()
     results: list[list[dict]] = [[] for _ in contexts]
     for r, q in enumerate(row_question):

@@ -36,7 +36,8 @@ class MultipleChoiceEvaluator(LightningModule):
         max_new_tokens: Generation budget of the generative protocol (the reference used 64).
         continuation: What the log-likelihood protocol scores after the prompt: the ``option`` texts
             (lm-evaluation-harness style; ``acc_norm`` matters) or the ``letter`` s (then ``acc_norm == acc``).
-        share_prompt: Run each prompt once and reuse its KV cache for all options (see :mod:`panda.eval.loglik`).
+        share_prompt: Score all options of a question in one row after a single copy of the prompt (tree attention
+            mask, see :mod:`panda.eval.loglik`); off: one `prompt + option` row per option.
         dtype: Weights dtype; ``auto`` = bfloat16 on GPU, float32 on CPU.
         trust_remote_code: Allow a model directory's own Python code (off: only transformers' classes load).
         label: Model name in outputs and tables; defaults to the model path's last component(s).
@@ -93,6 +94,7 @@ class MultipleChoiceEvaluator(LightningModule):
         self.results = {
             "benchmark": benchmark, "model": self.label, "model_path": self.model_path,
             "data_path": getattr(datamodule, "path", None), "shots": getattr(datamodule, "shots", None),
+            "skipped_records": len(getattr(getattr(datamodule, "report", None), "problems", [])),
             "protocol": self.protocol, "max_new_tokens": self.max_new_tokens, "continuation": self.continuation,
             **metrics,
         }

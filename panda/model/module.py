@@ -2,15 +2,17 @@
 
 The masked causal-LM loss is computed here, from the batch, rather than by passing ``labels`` to the Hugging Face
 model: the module needs the per-token losses anyway (loss per corpus source, the NaN guard naming the sources), and
-it must shift exactly once. Labels arrive *unshifted* (``labels[t]`` is the target of position ``t``), so the
-logits at ``t`` predict ``labels[t + 1]``::
+it must shift exactly once. Labels arrive *unshifted* (``labels[t]`` is ``input_ids[t]`` where that token is
+trained), so the logits at ``t`` predict ``labels[t + 1]``::
 
+    position t     0    1    2    3    4    5
     input_ids      BOS  p1   p2   r1   r2   EOS        (p = prompt, r = response)
     labels         -    -    -    r1   r2   EOS        (- = IGNORE_INDEX)
-    logits[t] →    p1   p2   r1   r2   EOS  (dropped)
-    trained?       no   no   yes  yes  yes
+    logits[t] →    p1   p2   r1   r2   EOS  ·          (predicts labels[t + 1]; the last position is dropped)
+    trained?       no   no   yes  yes  yes  ·
 
-The loss of a micro-batch is the mean over its trained tokens; ``val/loss`` is the token-weighted mean over the
+The loss of a micro-batch is the mean over its trained tokens (so under gradient accumulation every micro-batch
+weighs the same, as in the reference; packing keeps their token counts close); ``val/loss`` is the token-weighted mean over the
 whole validation set (torchmetrics, synced across ranks) and ``val/ppl`` its exponential.
 
 The Hugging Face model lives at ``self.model`` so checkpoint keys read ``model.<hf key>`` (with LoRA,
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
@@ -99,7 +102,7 @@ class PandaLM(LightningModule):
         attn_implementation: ``sdpa`` or ``eager`` (CPU and any GPU; packed documents are separated by a
             block-diagonal mask) or ``flash_attention_2`` (GPU; separated by position ids).
         load_dtype: Dtype of the weights as loaded/built; ``bfloat16`` halves host memory for 7B+ models under a
-            bf16 DeepSpeed strategy (which keeps fp32 master weights in the optimizer).
+            bf16 DeepSpeed strategy (which keeps fp32 master weights in the optimizer); keep ``float32`` otherwise.
         lora: LoRA adapters to train instead of the full model; ``None`` trains without adapters.
         trainable: ``all`` parameters, or only ``embeddings`` (``embed_tokens`` and ``lm_head``: the stage right
             after a vocabulary extension).
@@ -171,6 +174,10 @@ class PandaLM(LightningModule):
             self.val_source_loss.extend(MeanMetric() for _ in self.source_names)
         check_vocabulary(self.hf_model, datamodule)
         warn_about_precision(str(self.trainer.precision), self.trainer.strategy.root_device.type)
+        if self.hparams.load_dtype == "bfloat16" and not isinstance(self.trainer.strategy, DeepSpeedStrategy) \
+                and self.trainer.precision != "bf16-true":
+            rank_zero_warn("model.load_dtype=bfloat16 without a DeepSpeed strategy: the optimizer updates bf16 "
+                           "weights directly (no fp32 master copy); use float32 or a DeepSpeed strategy")
         self.flops_per_token, self.forward_flops_per_token = self._flops_per_token()
 
     def configure_callbacks(self):
@@ -291,11 +298,10 @@ class PandaLM(LightningModule):
             self.log("train/grad_norm", norm)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
-        if engine is not None and engine.is_gradient_accumulation_boundary():
-            norm = engine.get_global_grad_norm()
-            if norm is not None:
-                self.log("train/grad_norm", float(norm))
+        strategy = self.trainer.strategy
+        norm = strategy.deepspeed_engine.get_global_grad_norm() if isinstance(strategy, DeepSpeedStrategy) else None
+        if norm is not None:  # the norm of the last optimizer step, before clipping
+            self.log("train/grad_norm", float(norm))
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -23,8 +23,8 @@ users added it to their own LLaMA copy. Most of its issue tracker was about that
   (or safetensors) shards of ``target - base`` in floating point, ``embed_tokens``/``lm_head`` whole. It is applied
   by float addition (what the reference's own script did) and cannot be verified, which a warning says.
 
-Both directions stream tensor by tensor (see :mod:`panda.weights.shards`): peak memory is about three times the
-largest tensor, whatever the model size.
+Both directions stream tensor by tensor (see :mod:`panda.weights.shards`): peak memory is one to three times the
+largest tensor, whatever the model size (``benchmarks/delta_memory.py`` measures it).
 """
 
 from __future__ import annotations
@@ -231,8 +231,9 @@ def _apply_reference(base: Path, delta: Path, output: Path, max_shard_size: str,
                   f"the result cannot be verified against checksums", stacklevel=3)
     delta_reader, base_reader = WeightReader(delta), WeightReader(base)
     whole = {name for name in delta_reader if name.endswith(REFERENCE_WHOLE_SUFFIXES) or name not in base_reader}
-    problems = [f"tensor {name!r} in {base_reader.infos[name].file.name} has shape {list(base_reader.infos[name].shape)}"
-                f", the delta's is {list(info.shape)}" for name, info in delta_reader.infos.items()
+    problems = [f"tensor {name!r} in {base_reader.infos[name].file.name} has shape "
+                f"{list(base_reader.infos[name].shape)}, the delta's is {list(info.shape)}"
+                for name, info in delta_reader.infos.items()
                 if name not in whole and base_reader.infos[name].shape != info.shape]
     missing = [name for name in delta_reader if name in whole and not name.endswith(REFERENCE_WHOLE_SUFFIXES)]
     if missing:

@@ -35,10 +35,18 @@ ExportDtype = Literal["auto", "float32", "bfloat16", "float16"]
 MODEL_PREFIX = "model."
 
 
-def _safe_globals() -> list:
-    """Panda's plain dataclasses that Lightning pickles into ``hyper_parameters``; safe to rebuild."""
+PANDA_GLOBALS = (("panda.model.lora", "LoraSettings"), ("panda.data.sources", "CorpusSource"))
+"""Panda's plain config dataclasses, which Lightning pickles into ``hyper_parameters``."""
+DEEPSPEED_GLOBALS = (
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"), ("deepspeed.utils.tensor_fragment", "fragment_address"),
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"), ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+)
+"""Plain data classes (an enum, a dataclass, loss-scale state) in DeepSpeed's ZeRO optimizer-state files."""
+
+
+def _importable(names: tuple[tuple[str, str], ...]) -> list:
     allowed = []
-    for module, name in (("panda.model.lora", "LoraSettings"), ("panda.data.sources", "CorpusSource")):
+    for module, name in names:
         try:
             allowed.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -46,20 +54,22 @@ def _safe_globals() -> list:
     return allowed
 
 
-def safe_load(path: Path, *, trust_pickle: bool = False, mmap: bool = True) -> dict:
-    """``torch.load`` with ``weights_only=True`` (Panda's config dataclasses allowed); errors name the file."""
+def safe_load(path: Path, *, trust_pickle: bool = False, mmap: bool = True,
+              allow: tuple[tuple[str, str], ...] = PANDA_GLOBALS) -> dict:
+    """``torch.load`` with ``weights_only=True`` and only the ``allow``-listed classes; errors name the file."""
     if trust_pickle:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_importable(allow)):
             return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling and zip errors come in many types
         message = str(error)
-        refused = message.split("Unsupported global: ", 1)[-1].split(" was not", 1)[0] \
-            if "Unsupported global" in message else None
-        if refused:
-            raise WeightFileError(f"{path}: refusing to unpickle {refused} (only tensors and plain data are read "
-                                  "safely); if you produced this checkpoint yourself, pass --trust_pickle true") from None
+        if "Unsupported global" in message:
+            allowed = {f"{module}.{name}" for module, name in allow}
+            refused = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+            raise WeightFileError(f"{path}: refusing to unpickle {', '.join(refused)} (only tensors and plain data "
+                                  "are read safely); if you produced this checkpoint yourself, pass --trust_pickle "
+                                  "true") from None
         raise WeightFileError(f"{path}: cannot read checkpoint (truncated or not a PyTorch file?): "
                               f"{message.splitlines()[0] if message else type(error).__name__}") from None
 
@@ -97,10 +107,10 @@ def _read_zero_checkpoint(path: Path, trust_pickle: bool) -> TrainingCheckpoint:
     tag_dir = path / tag if tag else path
     model_states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
     if not model_states:
-        raise WeightFileError(f"{path}: not a DeepSpeed checkpoint (no 'latest' file and no mp_rank_00_model_states.pt)")
+        raise WeightFileError(f"{path}: not a DeepSpeed checkpoint (no 'latest' file, no mp_rank_00_model_states.pt)")
     if not trust_pickle:  # DeepSpeed unpickles with weights_only=False: vet every file with the safe loader first
         for file in sorted(tag_dir.glob("*.pt")):
-            safe_load(file)
+            safe_load(file, allow=PANDA_GLOBALS + DEEPSPEED_GLOBALS)
     client_state = safe_load(model_states[0], trust_pickle=True)
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
     state_dict = {key.removeprefix("_forward_module."): value for key, value in state_dict.items()}
@@ -115,7 +125,8 @@ def _lora_settings(hparams: dict):
     if lora is None or isinstance(lora, LoraSettings):
         return lora
     if isinstance(lora, dict):
-        return LoraSettings(**{k: v for k, v in lora.items() if k in {f.name for f in dataclasses.fields(LoraSettings)}})
+        fields = {field.name for field in dataclasses.fields(LoraSettings)}
+        return LoraSettings(**{key: value for key, value in lora.items() if key in fields})
     raise WeightFileError(f"hyper_parameters['lora'] is {type(lora).__name__}; expected LoraSettings or a dict")
 
 
@@ -144,10 +155,10 @@ def build_model(checkpoint: TrainingCheckpoint, *, pretrained: str | None = None
     if pretrained is not None and not (Path(pretrained) / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint.path} was trained from model.pretrained={pretrained!r}, which has no "
                                 "config.json here; pass --pretrained with the base model's current directory")
-    if hparams.get("config") is not None:
-        config = LlamaConfig(**hparams["config"])
-    elif pretrained is not None:
+    if pretrained is not None:  # the order PandaLM builds its model in: pretrained wins over config
         config = AutoConfig.from_pretrained(pretrained, trust_remote_code=False)
+    elif hparams.get("config") is not None:
+        config = LlamaConfig(**hparams["config"])
     else:
         raise WeightFileError(f"{checkpoint.path}: hyper_parameters name neither 'pretrained' nor 'config'; is this a "
                               "PandaLM checkpoint?")

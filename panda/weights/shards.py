@@ -114,7 +114,8 @@ def weight_files(directory: Path) -> list[Path]:
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             except (json.JSONDecodeError, KeyError) as error:
-                raise WeightFileError(f"{index}: not a shard index (expected JSON with 'weight_map'): {error}") from None
+                raise WeightFileError(f"{index}: not a shard index (expected JSON with 'weight_map'): {error}") \
+                    from None
             files = [directory / name for name in dict.fromkeys(weight_map.values())]
             missing = [str(file) for file in files if not file.is_file()]
             if missing:
@@ -142,8 +143,7 @@ class WeightReader:
             files = weight_files(self.path) if self.path.is_dir() else [self.path]
         self.files = list(files)
         self.infos: dict[str, TensorInfo] = {}
-        self._open_file: Path | None = None
-        self._open_handle = None
+        self._legacy: tuple[Path, dict[str, torch.Tensor]] | None = None
         for file in self.files:
             for info in self._scan(file):
                 if info.name in self.infos:
@@ -164,12 +164,15 @@ class WeightReader:
                 yield TensorInfo(name, tensor.dtype, tuple(tensor.shape), file)
 
     def _load_pickle(self, file: Path) -> dict[str, torch.Tensor]:
+        """A ``.bin`` shard memory-mapped (tensor data is read only when used), unpickled with weights_only."""
         try:
             state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError as error:
-            if "mmap" not in str(error):  # legacy (non-zip) files cannot be memory-mapped; read them plainly
+            if "mmap" not in str(error):
                 raise WeightFileError(f"{file}: cannot read PyTorch weights (truncated or corrupt?): {error}") from None
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            if self._legacy is None or self._legacy[0] != file:  # pre-zip format: no mmap, keep one shard loaded
+                self._legacy = (file, torch.load(file, map_location="cpu", weights_only=True))
+            state = self._legacy[1]
         except Exception as error:  # noqa: BLE001 - unpickling errors come in many types; all mean "unusable file"
             raise WeightFileError(f"{file}: cannot read PyTorch weights safely (weights_only=True): {error}") from None
         if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
@@ -183,21 +186,21 @@ class WeightReader:
         return iter(self.infos)
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh CPU tensor; only the current shard stays open)."""
-        info = self.infos[name]
-        if self._open_file != info.file:
-            self._open_handle = None
-            if info.file.suffix == ".safetensors":
-                from safetensors import safe_open
+        """Read one tensor.
 
-                self._open_handle = safe_open(str(info.file), framework="pt")
-            else:
-                self._open_handle = self._load_pickle(info.file)
-            self._open_file = info.file
+        The file is opened for this tensor alone: a handle kept open keeps the whole shard memory-mapped, and every
+        page read stays resident until it closes, so reading a shard through one handle costs the shard's size.
+        """
+        info = self.infos[name]
         try:
-            if isinstance(self._open_handle, dict):
-                return self._open_handle[name]
-            return self._open_handle.get_tensor(name)
+            if info.file.suffix != ".safetensors":
+                return self._load_pickle(info.file)[name]
+            from safetensors import safe_open
+
+            with safe_open(str(info.file), framework="pt") as handle:
+                return handle.get_tensor(name)
+        except WeightFileError:
+            raise
         except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
             raise WeightFileError(f"{info.file}: cannot read tensor {name!r}: {error}") from None
 

@@ -117,8 +117,9 @@ def tokens_per_character(tokenizer, texts: list[str]) -> float:
     return tokens / max(1, sum(len(text) for text in texts))
 
 
-def read_corpus(paths: list[str]) -> list[str]:
+def read_corpus(paths: str | list[str]) -> list[str]:
     """Non-empty lines of text files; ``.jsonl`` files give each record's ``text``."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
     texts = []
     for path in map(Path, paths):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -153,18 +154,19 @@ class VocabularyExtension:
                 f"{self.tokens_per_char_after:.3f} ({ratio:.2f}× fewer tokens)")
 
 
-def extend_vocabulary(model: str, corpus: list[str], output: str, *, tokenizer: str | None = None,
-                      vocab_size: int = 20000, held_out: list[str] | None = None, held_out_lines: int = 200,
+def extend_vocabulary(model: str, corpus: str | list[str], output: str, *, tokenizer: str | None = None,
+                      vocab_size: int = 20000, held_out: str | list[str] | None = None, held_out_lines: int = 200,
                       overwrite: bool = False) -> VocabularyExtension:
     """Extend a LLaMA-style model's vocabulary with pieces learnt from a Chinese corpus (see module docstring).
 
     Args:
         model: Hugging Face model directory to extend (``save_pretrained`` layout).
-        corpus: Text files (one document per line; ``.jsonl``: a ``text`` field per line) to learn pieces from.
+        corpus: Text file(s) (one document per line; ``.jsonl``: a ``text`` field per line) to learn pieces from;
+            several as ``[a.txt,b.txt]``.
         output: The extended model + tokenizer directory to create (appears only when complete).
         tokenizer: The model's tokenizer directory (default: ``model``); needs ``tokenizer.model``.
         vocab_size: Size of the SentencePiece model trained on the corpus (its new pieces are added).
-        held_out: Text files to measure tokens per character on; by default the corpus's last lines.
+        held_out: Text file(s) to measure tokens per character on; by default the corpus's last lines.
         held_out_lines: How many corpus lines to hold out when ``held_out`` is not given.
         overwrite: Replace an existing ``output``.
     """

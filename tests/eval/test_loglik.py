@@ -22,28 +22,39 @@ def plain_scores(model, tokenizer, context, options):
     return scores
 
 
+@pytest.fixture(params=["sdpa", "eager"])
+def attention_model(request, tiny_llama_config):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM._from_config(tiny_llama_config, attn_implementation=request.param).eval()
+
+
 @pytest.mark.parametrize("share_prompt", [True, False])
-def test_batched_scores_equal_a_plain_per_option_computation(tiny_model, tokenizer, share_prompt):
-    results = score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
+def test_batched_scores_equal_a_plain_per_option_computation(attention_model, tokenizer, share_prompt):
+    results = score_options(attention_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
     for context, options, result in zip(CONTEXTS, OPTIONS, results):
-        expected = plain_scores(tiny_model, tokenizer, context, options)
+        expected = plain_scores(attention_model, tokenizer, context, options)
         assert [r["continuation"] for r in result] == options
         assert [r["chars"] for r in result] == [len(o) for o in options]
         assert [r["logprob"] for r in result] == pytest.approx(expected, abs=1e-5)
         assert all(r["tokens"] >= 1 and r["logprob"] < 0 for r in result)
 
 
-def test_all_options_of_a_batch_share_one_prompt_pass_and_one_option_pass(tiny_model, tokenizer):
-    calls = []
-    handle = tiny_model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+def test_one_forward_per_batch_with_each_prompt_computed_once(tiny_model, tokenizer):
+    shapes = []
+    handle = tiny_model.register_forward_hook(
+        lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
         score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=True)
-        assert len(calls) == 2
-        calls.clear()
         score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=False)
-        assert len(calls) == 1
     finally:
         handle.remove()
+    prompt_tokens = [len(encode(tokenizer, c)) for c in CONTEXTS]
+    longest_tree = max(n + sum(len(split_continuation(tokenizer, encode(tokenizer, c), c, o)[0]) for o in options)
+                       for n, c, options in zip(prompt_tokens, CONTEXTS, OPTIONS))
+    assert shapes[0] == (3, longest_tree)  # one row per question: prompt once, then all its options
+    assert len(shapes) == 2 and shapes[1][0] == 8  # without sharing: one row per option
 
 
 def test_continuation_is_cut_from_the_joint_encoding_without_a_dummy_prefix(tokenizer):

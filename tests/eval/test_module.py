@@ -12,6 +12,12 @@ from panda.eval.prompts import build_prompt
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eval"
 
 
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI warns when pytest's own arguments sit in sys.argv beside ``args``."""
+    monkeypatch.setattr("sys.argv", ["lightning_main.py"])
+
+
 def read_run(run_dir: Path):
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -39,7 +45,7 @@ def test_cli_validate_on_a_hugging_face_directory_writes_outputs(tmp_path, tiny_
     run_dir = tmp_path / "runs" / "c3_d" / "version_0"
     metrics, records = read_run(run_dir)
     assert metrics["benchmark"] == "c3_d" and metrics["model"] == "tiny-llama" and metrics["count"] == 3
-    assert metrics["protocol"] == "both" and metrics["shots"] == 0
+    assert metrics["protocol"] == "both" and metrics["shots"] == 0 and metrics["skipped_records"] == 0
     assert [r["index"] for r in records] == [0, 1, 2] and [r["gold"] for r in records] == ["A", "A", "B"]
     assert records[0]["prompt"].startswith("阅读下面的文章并从选项中选择的答案回答问题：\n\n\n\n男：你好")
     assert [o["continuation"] for o in records[2]["loglik"]["options"]] == ["经济发展很慢", "经济发展很快", "没有说",

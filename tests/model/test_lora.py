@@ -71,3 +71,14 @@ def test_bad_lora_settings_are_named(tiny_config):
         PandaLM(config=tiny_config, lora=LoraSettings(target_modules=["q_projection"]))
     with pytest.raises(ValueError, match="exclude each other"):
         PandaLM(config=tiny_config, lora=LoraSettings(), trainable="embeddings")
+
+
+def test_lora_with_activation_checkpointing_gets_adapter_gradients(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config, activation_checkpointing=True, lora=LoraSettings(r=4, dropout=0.0))
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    model.train()
+    model._losses(batch)[0].backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    assert any(g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)

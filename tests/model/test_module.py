@@ -11,7 +11,7 @@ from panda.model import PandaLM
 from panda.model.module import causal_lm_losses, check_vocabulary, loss_by_source
 from tests.model.conftest import contract_batch
 
-I = IGNORE_INDEX
+IG = IGNORE_INDEX
 
 
 def _hand_loss(logits: torch.Tensor, input_ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
@@ -31,8 +31,8 @@ def test_plain_text_loss_covers_every_token_after_bos(tokenizer, tiny_config):
     model = PandaLM(config=tiny_config).eval()
     ids = tokenizer("人民日报社论")["input_ids"] + [tokenizer.eos_token_id]  # BOS ... EOS
     n = len(ids)
-    batch = contract_batch([[(ids, [I] + ids[1:], 0)]], width=n + 3, pad_id=tokenizer.pad_token_id)
-    assert batch["labels"].tolist() == [[I] + ids[1:] + [I, I, I]]
+    batch = contract_batch([[(ids, [IG] + ids[1:], 0)]], width=n + 3, pad_id=tokenizer.pad_token_id)
+    assert batch["labels"].tolist() == [[IG] + ids[1:] + [IG, IG, IG]]
     with torch.no_grad():
         logits = model(batch)
         losses, trained = causal_lm_losses(logits, batch["labels"])
@@ -49,7 +49,7 @@ def test_instruction_loss_covers_only_the_response_and_eos(tokenizer, tiny_confi
     model = PandaLM(config=tiny_config).eval()
     prompt = tokenizer("这条评论的情感是：很好用")["input_ids"]  # BOS + prompt, untrained
     response = tokenizer("正面", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids, labels = prompt + response, [I] * len(prompt) + response
+    ids, labels = prompt + response, [IG] * len(prompt) + response
     batch = contract_batch([[(ids, labels, 1)]], width=len(ids) + 2, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
         logits = model(batch)

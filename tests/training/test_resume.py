@@ -139,7 +139,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, token
     fit(pause_free, "--ckpt_path", str(cut_dir / "checkpoints" / "step=00000004.ckpt"))
 
     killed, resumed = logged_losses(cut_dir, version=0), logged_losses(cut_dir, version=1)
-    assert killed == {s: reference[s] for s in range(KILL_AT)}
+    assert set(range(EVERY + 1)) <= set(killed)  # logged past the checkpoint before the kill (the CSV lags)
+    assert killed == {s: reference[s] for s in killed}
     assert resumed == {s: reference[s] for s in range(EVERY, MAX_STEPS)}
 
     name = f"step={MAX_STEPS:08d}.ckpt"

@@ -33,7 +33,8 @@ def model_pair(dtype: torch.dtype):
         "model.norm.weight": torch.ones(16, dtype=dtype),
         "lm_head.weight": torch.randn(32, 16, generator=generator).to(dtype),
     }
-    target = {name: (t.float() + 0.01 * torch.randn(t.shape, generator=generator)).to(dtype) for name, t in base.items()}
+    target = {name: (t.float() + 0.01 * torch.randn(t.shape, generator=generator)).to(dtype)
+              for name, t in base.items()}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         target[name] = torch.cat([target[name], torch.randn(1, 16, generator=generator).to(dtype)])
     extremes = extreme_values(dtype)
@@ -68,7 +69,8 @@ def test_round_trip_is_bit_exact_including_extreme_values(tmp_path, dtype):
     assert modes == {"model.embed_tokens.weight": "whole", "model.layers.0.self_attn.q_proj.weight": "xor",
                      "model.layers.0.mlp.up_proj.weight": "xor", "model.norm.weight": "xor", "lm_head.weight": "whole"}
     # The delta is not a model: nothing in it is named like Hugging Face weights.
-    assert not list((tmp_path / "delta").glob("model*")) and (tmp_path / "delta" / "target_files" / "config.json").exists()
+    assert not list((tmp_path / "delta").glob("model*"))
+    assert (tmp_path / "delta" / "target_files" / "config.json").exists()
 
 
 def test_wrong_base_is_refused_and_leaves_no_output(tmp_path):
@@ -122,7 +124,7 @@ def test_corrupt_delta_tensor_is_named(tmp_path):
     data[-1] ^= 0xFF  # the last byte belongs to the last tensor written: the target's last one, model.norm.weight
     shard.write_bytes(bytes(data))
 
-    with pytest.raises(WeightFileError, match=r"delta.safetensors: tensor 'model.norm.weight' does not match its sha256"):
+    with pytest.raises(WeightFileError, match=r"delta.safetensors: tensor 'model.norm.weight' does not match its sha"):
         apply_delta(tmp_path / "base", tmp_path / "delta", tmp_path / "rebuilt")
     assert not (tmp_path / "rebuilt").exists()
 
@@ -174,3 +176,18 @@ def test_make_and_apply_on_a_saved_hf_model_loads_with_transformers(tmp_path, ti
     rebuilt = AutoModelForCausalLM.from_pretrained(tmp_path / "rebuilt", dtype=torch.bfloat16)
     for name, tensor in target.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[name].view(torch.int16), tensor.view(torch.int16)), name
+
+
+def test_base_in_pytorch_bin_shards_is_accepted(tmp_path):
+    """Hashes cover tensor bytes, not files: a 2023-style pytorch_model-*.bin copy of the base is the same base."""
+    base, target = model_pair(torch.bfloat16)
+    write_weights(tmp_path / "base", base)
+    write_weights(tmp_path / "target", target)
+    make_delta(tmp_path / "base", tmp_path / "target", tmp_path / "delta")
+    (tmp_path / "base_bin").mkdir()
+    torch.save(base, tmp_path / "base_bin" / "pytorch_model.bin")
+
+    apply_delta(tmp_path / "base_bin", tmp_path / "delta", tmp_path / "rebuilt")
+
+    rebuilt = WeightReader(tmp_path / "rebuilt")
+    assert all(torch.equal(rebuilt.get(n).view(torch.int16), t.view(torch.int16)) for n, t in target.items())

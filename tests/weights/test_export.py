@@ -61,6 +61,17 @@ def test_export_round_trip_gives_the_modules_logits(tmp_path, tiny_config, token
     assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
 
 
+def test_export_casts_to_the_requested_dtype(tmp_path, tiny_config, tokenizer_dir):
+    from transformers import AutoModelForCausalLM
+
+    module = PandaLM(config=tiny_config, monitor_throughput=False)
+    save_checkpoint(module, tmp_path / "last.ckpt")
+    export_checkpoint(tmp_path / "last.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir), dtype="bfloat16")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype="auto")
+    assert {p.dtype for p in exported.parameters()} == {torch.bfloat16}
+    assert torch.equal(exported.get_input_embeddings().weight, module.model.get_input_embeddings().weight.bfloat16())
+
+
 def test_checkpoint_tensors_become_the_parameters_without_a_copy(tmp_path, tiny_config):
     save_checkpoint(PandaLM(config=tiny_config, monitor_throughput=False), tmp_path / "last.ckpt")
     checkpoint = read_checkpoint(tmp_path / "last.ckpt")
@@ -137,3 +148,59 @@ def test_missing_tensor_is_named_and_nothing_is_written(tmp_path, tiny_config, t
     with pytest.raises(WeightFileError, match=r"partial.ckpt: no tensor for model.model.layers.1.mlp.up_proj.weight"):
         export_checkpoint(tmp_path / "partial.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow
+def test_deepspeed_zero_checkpoint_directory_is_exported(tmp_path, tiny_config, tokenizer_dir):
+    """A real ZeRO-2 checkpoint (CPU DeepSpeed, in a subprocess) → HF directory with the trained module's logits."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, __file__, str(tmp_path), json.dumps(tiny_config)], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=420)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "zero").is_dir()
+
+    export_checkpoint(tmp_path / "zero", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+
+    expected = torch.load(tmp_path / "expected.pt", weights_only=True)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=expected["input_ids"]).logits, expected["logits"])
+
+
+def zero_worker(output: str, config_json: str) -> None:
+    """Train PandaLM one step under ZeRO-2 on CPU, save the DeepSpeed checkpoint and the module's logits."""
+    from torch.utils.data import DataLoader
+
+    from panda.training.strategy import CPUDeepSpeedStrategy
+
+    config = json.loads(config_json)
+    torch.manual_seed(0)
+    module = PandaLM(config=config, monitor_throughput=False)
+    ids = torch.randint(4, config["vocab_size"], (2, 16))
+    batch = {"input_ids": ids, "labels": ids, "position_ids": torch.arange(16).repeat(2, 1),
+             "attention_mask": torch.ones_like(ids), "source_ids": torch.zeros_like(ids)}
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=1, logger=False,
+                        strategy=CPUDeepSpeedStrategy(stage=2, logging_batch_size_per_gpu=1),
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, DataLoader([batch], batch_size=None))
+    trainer.save_checkpoint(f"{output}/zero")
+    module.eval()
+    with torch.no_grad():
+        logits = module.model(input_ids=ids).logits
+    torch.save({"input_ids": ids, "logits": logits}, f"{output}/expected.pt")
+
+
+if __name__ == "__main__":
+    import sys
+
+    zero_worker(*sys.argv[1:])

@@ -26,7 +26,8 @@ def test_delta_commands_round_trip_and_report_a_wrong_base(tmp_path, capsys):
 
     write_weights(tmp_path / "other", weights(2) | {"lm_head.weight": weights(0)["lm_head.weight"]})
     assert main(["delta-apply", str(tmp_path / "other"), str(tmp_path / "delta"), str(tmp_path / "out2")]) == 1
-    assert "tensor 'model.layers.0.mlp.up_proj.weight' is not the one this delta was made from" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "tensor 'model.layers.0.mlp.up_proj.weight' is not the one this delta was made from" in error
     assert not (tmp_path / "out2").exists()
 
 
