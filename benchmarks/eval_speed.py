@@ -9,7 +9,7 @@ as an untrained model would rarely stop); ``loglik`` scores the four options wit
 (``share_prompt``), ``loglik_joint`` with one ``prompt + option`` pass. Each batch size is measured for all
 protocols alike. Goal: loglik ≥ 5× generate-64.
 
-    .venv/bin/python benchmarks/eval_speed.py [--data words|sentences] [--questions 32] [--batch-sizes 1 8] [--hidden 64]
+    .venv/bin/python benchmarks/eval_speed.py [--data words|sentences] [--questions 32] [--batch-sizes 1 8]
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def main() -> None:
     print("| batch size | protocol | questions/s | speed-up vs generate-64 |")
     print("|---|---|---|---|")
     for r in results:
-        print(f"| {r['batch_size']} | {r['protocol']} | {r['questions_per_s']} | {r.get('speedup_vs_generate', 1.0)}× |")
+        speedup = r.get("speedup_vs_generate", 1.0)
+        print(f"| {r['batch_size']} | {r['protocol']} | {r['questions_per_s']} | {speedup}× |")
     for r in results:
         print(json.dumps(r))
 

@@ -1,8 +1,9 @@
 """One batch of prepared questions → one output record per question, under either protocol or both.
 
-This is the single code path behind ``lightning_main.py validate`` (:class:`~panda.eval.module.MultipleChoiceEvaluator`),
-periodic evaluation during ``fit`` (:class:`~panda.eval.callback.PeriodicEvaluation`) and
-:func:`panda.eval.evaluate`. A prepared question (built by :mod:`panda.eval.datamodule`) is a plain dict::
+This is the single code path behind ``lightning_main.py validate``
+(:class:`~panda.eval.module.MultipleChoiceEvaluator`), periodic evaluation during ``fit``
+(:class:`~panda.eval.callback.PeriodicEvaluation`) and :func:`panda.eval.evaluate`. A prepared question (built by
+:mod:`panda.eval.datamodule`) is a plain dict::
 
     {"index": 7, "origin": "c3-d.json:[3].questions[1]", "prompt": "阅读下面的文章…本题的答案是：",
      "options": ["…", "…"], "label": 1}
@@ -13,6 +14,9 @@ and its record keeps everything needed to recompute the result without the model
      "generate": {"generated": "B。因为…", "prediction": "B", "correct": true},
      "loglik": {"options": [{"continuation", "logprob", "tokens", "chars", "split"}, …],
                 "prediction": "B", "prediction_norm": "A", "correct": true, "correct_norm": false}}
+
+``tokens`` counts the continuation's tokens, ``chars`` its characters (the ``acc_norm`` divisor), ``split`` how it
+was tokenized after the prompt (``joint``, ``after_newline`` or ``separate``, see :mod:`panda.eval.loglik`).
 """
 
 from __future__ import annotations
