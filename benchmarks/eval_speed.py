@@ -7,7 +7,8 @@ four sentences continues it (options of ~35 tokens, like LogiQA's). The prompt i
 prompt. ``generate`` decodes greedily up to 64 new tokens (EOS is suppressed so every question pays for all 64,
 as an untrained model would rarely stop); ``loglik`` scores the four options with a shared prompt pass
 (``share_prompt``), ``loglik_joint`` with one ``prompt + option`` pass. Each batch size is measured for all
-protocols alike. Goal: loglik ≥ 5× generate-64.
+protocols alike, on questions batched longest first (as ``BenchmarkDataModule`` batches them).
+Goal: loglik ≥ 5× generate-64.
 
     .venv/bin/python benchmarks/eval_speed.py [--data words|sentences] [--questions 32] [--batch-sizes 1 8]
 """
@@ -80,6 +81,7 @@ def main() -> None:
     from panda.data.tokenizer import load_tokenizer, train_tokenizer
     from panda.demo.corpora import people_daily_paragraphs, tagged_paragraphs
     from panda.eval.benchmarks import Question
+    from panda.eval.datamodule import question_length
     from panda.eval.loglik import score_options
     from panda.eval.generation import extract_answer, generate_texts
     from panda.eval.prompts import build_prompt
@@ -102,9 +104,11 @@ def main() -> None:
     else:
         raw = word_questions(tagged_paragraphs()[3000:], args.questions)
         asked = "下面哪个词在文章中出现过？"
-    prompts = [build_prompt(Question(q["index"], q["context"], asked, tuple(q["options"]), q["label"]))
-               for q in raw]
-    options = [q["options"] for q in raw]
+    prepared = [{"prompt": build_prompt(Question(q["index"], q["context"], asked, tuple(q["options"]), q["label"])),
+                 "options": q["options"]} for q in raw]
+    prepared.sort(key=question_length, reverse=True)  # batched longest first, as BenchmarkDataModule does
+    prompts = [q["prompt"] for q in prepared]
+    options = [q["options"] for q in prepared]
     prompt_tokens = sum(len(tokenizer(p)["input_ids"]) for p in prompts) / len(prompts)
     option_tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in sum(options, [])) / (
         4 * len(raw))

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DATA_DIR = Path("data/demo")
@@ -73,11 +74,17 @@ def validation_perplexity(checkpoint: Path | None) -> float:
 
     from panda.cli import main as cli_main
 
-    cli = cli_main([*CONFIGS, "--trainer.logger=false"], run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads `args` only; the demo's own flags are not for it
+    try:
+        cli = cli_main([*CONFIGS, "--trainer.logger=false"], run=False)
+    finally:
+        sys.argv = argv
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
-    results = trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint) if checkpoint else None,
-                               verbose=False)
+    with warnings.catch_warnings():  # only the weights are wanted from the checkpoint, not its callbacks' state
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint")
+        results = trainer.validate(cli.model, datamodule=cli.datamodule,
+                                   ckpt_path=str(checkpoint) if checkpoint else None, verbose=False)
     if not results or "val/ppl" not in results[0]:
         raise DemoStepError(f"validation logged no val/ppl (got {results}); the model must log val/ppl")
     return float(results[0]["val/ppl"])
@@ -121,8 +128,8 @@ def step_evaluate(model_dir: Path, run_dir: Path) -> dict[str, dict]:
     results = {}
     for name, (path, fmt, _) in EVAL_SETS.items():
         print(f"evaluating {model_dir} on {DATA_DIR / path} ({fmt} format)", flush=True)
-        results[name] = evaluate(model=str(model_dir), path=str(DATA_DIR / path), format=fmt, protocol="loglik",
-                                 output_dir=str(run_dir / "eval" / Path(path).stem))
+        results[name] = evaluate(str(model_dir), str(DATA_DIR / path), fmt, "loglik", output_dir=str(run_dir / "eval"),
+                                 label="demo")
     return results
 
 

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import Callback
 
 from panda.eval.benchmarks import BenchmarkFormat
-from panda.eval.datamodule import prepare_questions
+from panda.eval.datamodule import prepare_questions, question_length
 from panda.eval.outputs import gather_records, write_outputs
 from panda.eval.scoring import Continuation, Protocol, compute_metrics, make_metrics, score_batch, update_metrics
 
@@ -72,6 +72,7 @@ class PeriodicEvaluation(Callback):
         if self.questions is None:
             self.questions = prepare_questions(self.path, self.format, shots=self.shots, train_path=self.train_path,
                                                seed=self.seed, limit=self.limit)
+            self.questions.sort(key=question_length, reverse=True)  # as BenchmarkDataModule batches them
             self.tokenizer = load_tokenizer(self.tokenizer_path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -98,10 +99,10 @@ class PeriodicEvaluation(Callback):
         results = compute_metrics(metrics)
         records = gather_records(records)
         step = trainer.global_step
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "eval" / self.name / f"step_{step}"  # collective
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"eval/{self.name}/{k}": float(v) for k, v in results.items()}, step=step)
-            run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "eval" / self.name / f"step_{step}"
             write_outputs(run_dir, records, {"benchmark": self.name, "step": step, "protocol": self.protocol,
                                              "shots": self.shots, **results})
         self.history.append({"step": step, **results})

@@ -43,6 +43,11 @@ def prepare_questions(path: str | Path, format: BenchmarkFormat, *, shots: int =
     return prepared
 
 
+def question_length(question: dict) -> int:
+    """Characters a question puts through the model (prompt and options), the batching order's key."""
+    return len(question["prompt"]) + sum(len(option) for option in question["options"])
+
+
 class BenchmarkDataModule(LightningDataModule):
     """A multiple-choice benchmark for ``validate``/``test``.
 
@@ -58,12 +63,14 @@ class BenchmarkDataModule(LightningDataModule):
         limit: Evaluate only the first ``limit`` questions.
         strict: Stop at the first bad record instead of skipping it (skipped ones are always reported).
         num_workers: DataLoader workers (prompts are prebuilt, so 0 is usually right).
+        sort_by_length: Batch questions longest first (by prompt + options characters), so a batch pads little and
+            an out-of-memory error shows at once; outputs are keyed and sorted by question index either way.
     """
 
     def __init__(self, path: str | None = None, format: BenchmarkFormat = "multiple_choice", name: str | None = None,
                  shots: int = 0, train_path: str | None = None, train_format: BenchmarkFormat | None = None,
                  seed: int = 0, batch_size: int = 8, limit: int | None = None, strict: bool = False,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, sort_by_length: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.path = path
@@ -71,6 +78,7 @@ class BenchmarkDataModule(LightningDataModule):
         self.name = name or (Path(path).stem if path else format)
         self.shots, self.train_path, self.train_format, self.seed = shots, train_path, train_format, seed
         self.batch_size, self.limit, self.strict, self.num_workers = batch_size, limit, strict, num_workers
+        self.sort_by_length = sort_by_length
         self.questions: list[dict] | None = None
         self.report: BenchmarkReport | None = None
 
@@ -83,6 +91,8 @@ class BenchmarkDataModule(LightningDataModule):
         self.questions = prepare_questions(self.path, self.format, shots=self.shots, train_path=self.train_path,
                                            train_format=self.train_format, seed=self.seed, limit=self.limit,
                                            strict=self.strict, report=self.report)
+        if self.sort_by_length:
+            self.questions.sort(key=question_length, reverse=True)
 
     def _loader(self) -> DataLoader:
         return DataLoader(self.questions, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,

@@ -98,8 +98,8 @@ class MultipleChoiceEvaluator(LightningModule):
             "protocol": self.protocol, "max_new_tokens": self.max_new_tokens, "continuation": self.continuation,
             **metrics,
         }
+        run_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a collective call: every rank asks
         if self.trainer.is_global_zero:
-            run_dir = self.trainer.log_dir or self.trainer.default_root_dir
             path = write_outputs(run_dir, records, self.results)
             rank_zero_info(f"{benchmark}: {metrics} → {path}")
         self.records = []

@@ -5,7 +5,8 @@ shard per rank). Either way it is first written under a hidden temporary name in
 to its final name once every rank has finished writing, and the oldest kept checkpoint is deleted only after that.
 A process killed mid-save (SIGKILL, node loss, full disk) therefore leaves the previous checkpoints intact and at
 most a hidden ``.<name>.partial`` entry, which the next run removes. ``--ckpt_path last`` resumes from the newest
-complete checkpoint in ``dirpath``.
+complete checkpoint in ``dirpath``. Global rank 0 renames, so with several nodes ``dirpath`` must be on a
+filesystem they share (as DeepSpeed's own checkpointing assumes).
 
 Exact resume also needs the random-number generators: Lightning saves the sampler, loop, optimizer and scheduler
 state but not the RNG. The callback gathers the RNG state of every rank into the checkpoint (with DeepSpeed only
@@ -128,6 +129,9 @@ class AtomicCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         final = Path(filepath)
         partial = _hidden(final, PARTIAL_SUFFIX)
+        if trainer.is_global_zero and partial.exists():  # never mix shards with an earlier failed attempt
+            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+        trainer.strategy.barrier("AtomicCheckpoint.clear")
         trainer.save_checkpoint(str(partial), self.save_weights_only)  # every rank writes its part, then a barrier
         if trainer.is_global_zero:
             commit(partial, final)
@@ -144,7 +148,7 @@ class AtomicCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
-        """Complete checkpoints in ``dirpath`` (for ``ckpt_path="last"``; Lightning picks the newest)."""
+        """The complete checkpoint of ``dirpath`` with the highest step, what ``ckpt_path="last"`` resumes from."""
         if self.dirpath is None:
             return super()._find_last_checkpoints(trainer)
         dirpath = Path(self.dirpath)

@@ -9,7 +9,7 @@ from panda.eval.prompts import ANSWER_CUE, INSTRUCTION
 def test_batches_are_prompted_questions_and_bad_records_are_counted(tmp_path, logiqa_file):
     path = tmp_path / "with_bad.jsonl"
     path.write_text(logiqa_file.read_text(encoding="utf-8") + json.dumps({"text": "t"}) + "\n", encoding="utf-8")
-    data = BenchmarkDataModule(str(path), "logiqa_v2", batch_size=2)
+    data = BenchmarkDataModule(str(path), "logiqa_v2", batch_size=2, sort_by_length=False)
     with pytest.warns(UserWarning, match=r"with_bad.jsonl:4: key 'question' must be a string"):
         data.setup("validate")
     assert data.name == "with_bad" and len(data.report.problems) == 1
@@ -24,7 +24,11 @@ def test_batches_are_prompted_questions_and_bad_records_are_counted(tmp_path, lo
 def test_limit_shots_and_missing_inputs(tmp_path, c3_file):
     data = BenchmarkDataModule(str(c3_file), "c3", name="c3_d", shots=1, train_path=str(c3_file), limit=2)
     data.setup("validate")
-    assert [q["index"] for q in data.questions] == [0, 1]
+    assert sorted(q["index"] for q in data.questions) == [0, 1]
+    everything = BenchmarkDataModule(str(c3_file), "c3")
+    everything.setup("validate")
+    lengths = [len(q["prompt"]) + sum(map(len, q["options"])) for q in everything.questions]
+    assert lengths == sorted(lengths, reverse=True) and [q["index"] for q in everything.questions] == [2, 0, 1]
     assert all(q["prompt"].count("答案是 ") == 1 for q in data.questions)
     with pytest.raises(ValueError, match="shots=2 needs train_path"):
         BenchmarkDataModule(str(c3_file), "c3", shots=2).setup("validate")

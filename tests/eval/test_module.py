@@ -112,3 +112,26 @@ def test_missing_model_is_a_clear_error(tmp_path, c3_file):
 
     with pytest.raises(FileNotFoundError, match="neither a Hugging Face directory"):
         evaluate(str(tmp_path / "nothing"), str(c3_file), "c3", "loglik", output_dir=str(tmp_path / "runs"))
+
+
+@pytest.mark.slow
+def test_validate_on_two_ddp_ranks_counts_each_question_once(tmp_path, tiny_model_dir, c3_file):
+    """3 questions on 2 ranks: the sampler pads one in twice; outputs and metrics still hold 3 (and nothing hangs)."""
+    import os
+    import subprocess
+    import sys
+
+    import panda
+
+    root = Path(panda.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, str(root / "lightning_main.py"), "validate", "--config", str(CONFIGS / "c3_d.yaml"),
+                    "--model.init_args.model", str(tiny_model_dir), "--data.init_args.path", str(c3_file),
+                    "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
+                    "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
+                    "--data.init_args.batch_size", "1", "--model.init_args.max_new_tokens", "4"],
+                   check=True, timeout=240, env=env, cwd=tmp_path, capture_output=True)
+    metrics, records = read_run(tmp_path / "runs" / "c3_d" / "version_0")
+    assert metrics["count"] == 3 and [r["index"] for r in records] == [0, 1, 2]
+    for key, value in recomputed(records).items():
+        assert metrics[key] == pytest.approx(value)

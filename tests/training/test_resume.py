@@ -1,9 +1,11 @@
 """Kill-and-resume equality through the real entry point, on real 2-process DeepSpeed ZeRO-1 (CPU, gloo, bf16).
 
 Three runs of ``python lightning_main.py fit`` with the same config (tiny LLaMA, People's Daily text, packed):
-an uninterrupted one; one that is SIGKILLed mid-epoch after its step-4 checkpoint; and one resumed from that
-checkpoint with ``--ckpt_path``. The resumed run must log exactly the losses of the uninterrupted one from step 5
+an uninterrupted one; one SIGKILLed mid-epoch in the middle of writing its step-8 checkpoint (both ranks, after
+the first file of the checkpoint is on disk); and one resumed with ``--ckpt_path last``, which must pick the
+complete step-4 checkpoint and discard the half-written one. The resumed run must log exactly the losses of the uninterrupted one from step 5
 on, cross the epoch boundary the same way, and end with bit-identical weights (bf16 model and fp32 ZeRO masters).
+A single-process check makes sure resuming builds no batch before the resume point (no replay).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -23,19 +24,35 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_STEPS, EVERY, KILL_AT = 12, 4, 6
+MAX_STEPS, EVERY = 12, 4
+KILL_AT = 2 * EVERY
 
 
-class PauseAt(L.Callback):
-    """Test helper for the run that gets killed: after ``step`` optimizer steps, mark a file and hang."""
+class KillDuringSave(L.Callback):
+    """Test helper: at ``step``, let rank 0 write the first file of the checkpoint, then SIGKILL every rank.
 
-    def __init__(self, step: int, marker: str) -> None:
-        self.step, self.marker = step, marker
+    Lightning runs checkpoint callbacks after the others, so the save of that step is the next ``torch.save``.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and trainer.is_global_zero:
-            Path(self.marker).write_text(str(trainer.global_step))
-            time.sleep(600)
+        if trainer.global_step != self.step or not trainer.is_global_zero:
+            return
+        save = torch.save
+
+        def save_then_die(*args, **kwargs):
+            save(*args, **kwargs)
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+        torch.save = save_then_die
+
+
+def model_config(vocab_size: int) -> dict:
+    return {"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 128,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
 
 
 def write_config(path: Path, run_dir: Path, tokenizer_dir: Path, corpus: Path, vocab_size: int,
@@ -43,9 +60,7 @@ def write_config(path: Path, run_dir: Path, tokenizer_dir: Path, corpus: Path, v
     config = {
         "seed_everything": 0,
         "model": {"class_path": "panda.model.PandaLM", "init_args": {
-            "config": {"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 128,
-                       "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3},
+            "config": model_config(vocab_size),
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
             "monitor_throughput": False}},
         "data": {"class_path": "panda.data.PandaDataModule", "init_args": {
@@ -108,40 +123,32 @@ def corpus(tmp_path, chinese_paragraphs) -> Path:
     return path
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tokenizer_dir, tokenizer, corpus):
+def test_sigkill_during_a_save_then_resume_matches_uninterrupted_run(tmp_path, tokenizer_dir, tokenizer, corpus):
     vocab = len(tokenizer)
     full_dir, cut_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
     fit(write_config(tmp_path / "full.yaml", full_dir, tokenizer_dir, corpus, vocab))
     reference = logged_losses(full_dir)
     assert sorted(reference) == list(range(MAX_STEPS))
-    assert reference[EVERY][0] == reference[EVERY - 1][0] == 0, "the checkpoint to resume from must be mid-epoch"
+    assert reference[KILL_AT][0] == 0, "the kill must come mid-epoch"
     assert reference[MAX_STEPS - 1][0] >= 1, "the runs must cross an epoch boundary after the resume"
 
-    marker = tmp_path / "paused"
-    pause = {"class_path": f"{__name__}.PauseAt", "init_args": {"step": KILL_AT, "marker": str(marker)}}
-    cut_config = write_config(tmp_path / "cut.yaml", cut_dir, tokenizer_dir, corpus, vocab, [pause])
-    command, env = fit_command(cut_config)
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert process.poll() is None, f"the run to be killed ended early:\n{process.stderr.read()[-4000:]}"
-            assert time.monotonic() < deadline, "the run to be killed never reached its pause"
-            time.sleep(0.2)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # both ranks: Lightning started rank 1 in this process group
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert sorted(p.name for p in (cut_dir / "checkpoints").iterdir()) == ["step=00000004.ckpt"]
+    kill = {"class_path": f"{__name__}.KillDuringSave", "init_args": {"step": KILL_AT}}
+    command, env = fit_command(write_config(tmp_path / "cut.yaml", cut_dir, tokenizer_dir, corpus, vocab, [kill]))
+    killed_run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                                start_new_session=True)  # its own process group: the helper kills both ranks
+    assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-4000:]
+    checkpoints = cut_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f".step={KILL_AT:08d}.ckpt.partial",
+                                                              f"step={EVERY:08d}.ckpt"]
+    assert any(p.is_file() for p in (checkpoints / f".step={KILL_AT:08d}.ckpt.partial").rglob("*"))
 
-    pause_free = write_config(tmp_path / "resume.yaml", cut_dir, tokenizer_dir, corpus, vocab)
-    fit(pause_free, "--ckpt_path", str(cut_dir / "checkpoints" / "step=00000004.ckpt"))
+    fit(write_config(tmp_path / "resume.yaml", cut_dir, tokenizer_dir, corpus, vocab), "--ckpt_path", "last")
 
     killed, resumed = logged_losses(cut_dir, version=0), logged_losses(cut_dir, version=1)
-    assert set(range(EVERY + 1)) <= set(killed)  # logged past the checkpoint before the kill (the CSV lags)
+    assert set(range(EVERY + 1)) <= set(killed)  # logged past the checkpoint before the kill (the CSV lags a step)
     assert killed == {s: reference[s] for s in killed}
     assert resumed == {s: reference[s] for s in range(EVERY, MAX_STEPS)}
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"step={s:08d}.ckpt" for s in (KILL_AT, MAX_STEPS)]
 
     name = f"step={MAX_STEPS:08d}.ckpt"
     (full_module, full_fp32), (cut_module, cut_fp32) = (final_weights(d / "checkpoints" / name)
@@ -149,3 +156,36 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, token
     assert full_module.keys() == cut_module.keys() and full_fp32.keys() == cut_fp32.keys()
     assert all(torch.equal(full_module[k], cut_module[k]) for k in full_module)
     assert all(torch.equal(full_fp32[k], cut_fp32[k]) for k in full_fp32)
+
+
+def test_resume_builds_no_batch_before_the_resume_point(tmp_path, tokenizer_dir, tokenizer, corpus, monkeypatch):
+    """Resume cost does not grow with the step reached: the loader starts at the saved position, no replay."""
+    from panda.data import CorpusSource, PandaDataModule
+    from panda.data.datamodule import PackedRows
+    from panda.model import PandaLM
+    from panda.training.checkpoint import AtomicCheckpoint
+
+    def run(max_steps: int, callbacks: list, ckpt_path: str | None = None) -> None:
+        data = PandaDataModule(tokenizer=str(tokenizer_dir), max_seq_length=64, batch_size=1,
+                               sources=[CorpusSource(name="news", paths=str(corpus), format="jsonl")],
+                               cache_dir=str(tmp_path / "cache"))
+        module = PandaLM(config=model_config(len(tokenizer)), monitor_throughput=False)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, callbacks=callbacks,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+
+    resume_at = 24
+    run(resume_at, [AtomicCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=resume_at)])
+
+    built: list[int] = []
+    original = PackedRows.__getitem__
+    monkeypatch.setattr(PackedRows, "__getitem__", lambda rows, ids: built.append(1) or original(rows, ids))
+
+    class CountAtFirstBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.built = getattr(self, "built", len(built))
+
+    counter = CountAtFirstBatch()
+    run(resume_at + 1, [counter, AtomicCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=99)],
+        ckpt_path=str(tmp_path / "checkpoints" / f"step={resume_at:08d}.ckpt"))
+    assert counter.built <= 2, f"{counter.built} batches built before the first resumed step (replay?)"

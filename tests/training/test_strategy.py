@@ -62,12 +62,20 @@ def test_the_bypassed_lightning_code_is_unchanged(method, expected):
     assert method in vars(CPUDeepSpeedStrategy)
 
 
-def test_gpu_accelerator_keeps_lightning_behaviour():
-    """Off the CPU nothing is bypassed: the device list is left as Lightning built it."""
+def test_nothing_is_bypassed_on_gpus():
+    """With a CUDA accelerator the device list is left exactly as Lightning built it."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
     strategy = CPUDeepSpeedStrategy(stage=1)
-    strategy.parallel_devices = [torch.device("cpu"), torch.device("cpu")]
+    strategy.parallel_devices = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    strategy.accelerator = CUDAAccelerator()
     with strategy._indexed_cpu_devices():
-        assert [d.index for d in strategy.parallel_devices] == [None, None]  # no accelerator: not "on CPU"
+        assert strategy.parallel_devices == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    strategy.parallel_devices = [torch.device("cpu"), torch.device("cpu")]
+    strategy.accelerator = CPUAccelerator()
+    with strategy._indexed_cpu_devices():
+        assert strategy.parallel_devices == [torch.device("cpu", 0), torch.device("cpu", 1)]
+    assert strategy.parallel_devices == [torch.device("cpu"), torch.device("cpu")]
 
 
 def test_two_process_zero1_fit_checkpoint_resume_and_fp32_conversion(tmp_path):
