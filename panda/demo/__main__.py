@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,7 @@ def step_prepare(force: bool) -> None:
     if not force and is_up_to_date(DATA_DIR):
         print(f"{DATA_DIR}/ is up to date (manifest.json matches the installed corpora); not rebuilt")
         return
+    shutil.rmtree(DATA_DIR / "cache", ignore_errors=True)  # token caches of the files about to be replaced
     manifest = prepare(DATA_DIR)
     counts = manifest["counts"]
     print(f"wrote {DATA_DIR}/ from {counts['paragraphs']} People's Daily paragraphs ({counts['articles']} articles),"

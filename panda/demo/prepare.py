@@ -7,7 +7,9 @@ packages (``panda.demo.corpora``) and is converted here, at run time, into ``dat
     train/sentiment.jsonl      instruction      review → 正面 / 负面                             prompt masked
     train/segmentation.jsonl   instruction      sentence → words separated by spaces            prompt masked
     train/dialogues.json       COIG array       chatterbot dialogues as lists of {"inputs", "targets"}
-    val/...                    the same four files from held-out articles, reviews and dialogues
+    train/multiple_choice.jsonl instruction     both evaluation tasks on training text, asked in the evaluation's
+                                                own prompt (panda.eval.prompts) and answered with the option text
+    val/...                    the same five files from held-out articles, reviews and dialogues
     eval/c3_continuation.json  C3 array         "which sentence continues this paragraph" (4 choices)
     eval/logiqa_sentiment.jsonl LogiQA-v2 lines "which sentiment does this review express" (2 options)
     tokenizer/                 8k LLaMA-style BPE trained on the training text only
@@ -30,8 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from panda.demo import corpora
+from panda.eval.benchmarks import Question
+from panda.eval.prompts import build_prompt
 
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 SENTIMENT_INSTRUCTIONS = (
     "判断下面这条评论的情感倾向，回答“正面”或“负面”。",
@@ -67,6 +71,9 @@ class DemoSizes:
         val_segmentation: Word-segmentation instructions for validation.
         val_dialogues: Dialogues held out for validation.
         c3_items: C3-format continuation questions.
+        train_choice_reviews: Sentiment questions in the evaluation prompt for training (from training reviews).
+        train_choice_continuations: Continuation questions in the evaluation prompt for training.
+        val_choice: Validation questions in the evaluation prompt, of each kind.
         max_review_chars: Longer reviews are not used (they are mostly multi-paragraph essays).
         max_sentence_chars: Longer sentences are not used for segmentation instructions.
     """
@@ -80,6 +87,9 @@ class DemoSizes:
     val_segmentation: int = 100
     val_dialogues: int = 40
     c3_items: int = 200
+    train_choice_reviews: int = 1500
+    train_choice_continuations: int = 500
+    val_choice: int = 30
     max_review_chars: int = 160
     max_sentence_chars: int = 60
 
@@ -175,36 +185,63 @@ def _without(reviews: list[tuple[str, bool]], taken: list[tuple[str, bool]]) -> 
     return [r for r in reviews if r not in taken_set]
 
 
-def _continuation_items(paragraphs: list[str], training_sentences: set[str], count: int,
-                        rng: random.Random) -> list[list]:
-    """C3-format items: the first sentences of a held-out paragraph, which of four sentences comes next.
+def _distractors(answer: str, paragraph: int, pool: list[tuple[int, str]], rng: random.Random,
+                 count: int = 3, tries: int = 200) -> list[str] | None:
+    """``count`` sentences of other paragraphs, drawn from ``pool``; the first half of the tries accept only
+    sentences of similar length (0.5–2× the answer), so that length alone does not give the answer away."""
+    chosen: list[str] = []
+    for attempt in range(tries):
+        j, sentence = pool[rng.randrange(len(pool))]
+        similar = 0.5 * len(answer) <= len(sentence) <= 2 * len(answer)
+        if j != paragraph and sentence != answer and sentence not in chosen and (similar or attempt >= tries // 2):
+            chosen.append(sentence)
+            if len(chosen) == count:
+                return chosen
+    return None
 
-    Distractors are sentences of other held-out paragraphs, of similar length where possible, so that neither
-    length nor training-set memory gives the answer away.
+
+def _continuation_items(paragraphs: list[str], exclude: set[str], count: int, rng: random.Random) -> list[list]:
+    """C3-format items: the first sentences of a paragraph, which of four sentences comes next.
+
+    Paragraphs with a sentence in ``exclude`` (the training sentences, for held-out sets) are not used, and
+    distractors come from the other paragraphs given, so nothing in an item was seen in training.
     """
     split = [split_sentences(p) for p in paragraphs]
-    pool = [(i, s) for i, sentences in enumerate(split) for s in sentences
-            if 8 <= len(s) and s not in training_sentences]
+    pool = [(i, s) for i, sentences in enumerate(split) for s in sentences if 8 <= len(s) and s not in exclude]
     items = []
     for i, sentences in enumerate(split):
-        if len(items) == count:
+        if len(items) == count or not pool:
             break
-        if len(sentences) < 3 or any(s in training_sentences for s in sentences):
+        if len(sentences) < 3 or any(s in exclude for s in sentences):
             continue
         cut = rng.randint(2, len(sentences) - 1)
         context, answer = sentences[:cut], sentences[cut]
         if len(answer) < 8 or sum(map(len, context)) > 400:
             continue
-        others = [s for j, s in pool if j != i and s != answer]
-        similar = [s for s in others if 0.5 * len(answer) <= len(s) <= 2 * len(answer)]
-        candidates = sorted(set(similar if len(set(similar)) >= 3 else others))
-        if len(candidates) < 3:
+        distractors = _distractors(answer, i, pool, rng)
+        if distractors is None:
             continue
-        choices = rng.sample(candidates, 3) + [answer]
+        choices = distractors + [answer]
         rng.shuffle(choices)
         items.append([context, [{"question": CONTINUATION_QUESTION, "choice": choices, "answer": answer}],
                       f"demo-c3-{len(items)}"])
     return items
+
+
+def _choice_record(context: str, question: str, options: list[str], label: int) -> dict:
+    """A question asked in the evaluation's own zero-shot prompt (:func:`panda.eval.prompts.build_prompt`), answered
+    with the correct option's text — what the log-likelihood protocol scores after the prompt."""
+    prompt = build_prompt(Question(0, context, question, tuple(options), label))
+    return {"instruction": prompt, "input": "", "output": options[label]}
+
+
+def _choice_records(reviews: list[tuple[str, bool]], continuations: list[list]) -> list[dict]:
+    """Sentiment and continuation questions (C3 items) as :func:`_choice_record` s, reviews first."""
+    records = [_choice_record(t, SENTIMENT_QUESTION, list(SENTIMENT_LABELS), 0 if p else 1) for t, p in reviews]
+    for lines, (item,), _ in continuations:
+        records.append(_choice_record(" ".join(lines), item["question"], item["choice"],
+                                      item["choice"].index(item["answer"])))
+    return records
 
 
 def build_demo_corpora(raw: RawText, sizes: DemoSizes = DemoSizes(), seed: int = 0) -> tuple[dict, dict]:
@@ -263,15 +300,24 @@ def build_demo_corpora(raw: RawText, sizes: DemoSizes = DemoSizes(), seed: int =
                 for d in selected if len(d) >= 2]
 
     eval_paragraphs = [paragraphs[i] for a in eval_articles for i in a.body]
+    train_paragraphs = [paragraphs[i] for a in train_articles for i in a.body]
+    val_paragraphs = [paragraphs[i] for a in val_articles for i in a.body if paragraphs[i] not in training_paragraphs]
+    train_choice = _choice_records(
+        train_reviews[: sizes.train_choice_reviews],
+        _continuation_items(train_paragraphs, set(), sizes.train_choice_continuations, rng))
+    val_choice = _choice_records(val_reviews[: sizes.val_choice],
+                                 _continuation_items(val_paragraphs, training_sentences, sizes.val_choice, rng))
     files = {
         "train/news.json": wudao(train_articles),
         "train/sentiment.jsonl": [_sentiment_record(t, p, rng, i) for i, (t, p) in enumerate(train_reviews)],
         "train/segmentation.jsonl": _segmentation_records(train_words[: sizes.train_segmentation], rng),
         "train/dialogues.json": coig(dialogues[sizes.val_dialogues:]),
+        "train/multiple_choice.jsonl": train_choice,
         "val/news.json": wudao(val_articles, training_paragraphs),
         "val/sentiment.jsonl": [_sentiment_record(t, p, rng, i) for i, (t, p) in enumerate(val_reviews)],
         "val/segmentation.jsonl": _segmentation_records(val_words[: sizes.val_segmentation], rng),
         "val/dialogues.json": coig(dialogues[: sizes.val_dialogues]),
+        "val/multiple_choice.jsonl": val_choice,
         "eval/c3_continuation.json": _continuation_items(eval_paragraphs, training_sentences, sizes.c3_items, rng),
         "eval/logiqa_sentiment.jsonl": [
             {"text": t, "question": SENTIMENT_QUESTION, "options": list(SENTIMENT_LABELS), "answer": 0 if p else 1}

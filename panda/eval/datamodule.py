@@ -30,6 +30,9 @@ def prepare_questions(path: str | Path, format: BenchmarkFormat, *, shots: int =
     questions = read_benchmark(path, format, strict=strict, report=report)
     if report.problems:
         rank_zero_warn(report.summary())
+    if not questions:
+        first = f"; first problem: {report.problems[0]}" if report.problems else ""
+        raise ValueError(f"{path}: no question could be read as format {format!r}{first}")
     if limit is not None:
         questions = questions[:limit]
     pool = []

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from panda.eval.benchmarks import LETTERS
-from panda.eval.loading import encode
+from panda.eval.loading import encode_many
 
 REFERENCE_LETTERS = "ABCD"
 
@@ -60,7 +60,7 @@ def greedy_config(tokenizer, max_new_tokens: int):
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
     """Greedy continuations of ``prompts`` (one batched ``generate`` call), prompt removed, specials skipped."""
-    input_ids, attention_mask = left_pad([encode(tokenizer, prompt) for prompt in prompts], tokenizer.pad_token_id)
+    input_ids, attention_mask = left_pad(encode_many(tokenizer, list(prompts)), tokenizer.pad_token_id)
     device = next(model.parameters()).device
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                             generation_config=greedy_config(tokenizer, max_new_tokens))

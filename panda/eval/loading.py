@@ -36,10 +36,15 @@ def resolve_dtype(dtype: Dtype) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text with BOS first (SentencePiece's dummy prefix applies to each text's start)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` with BOS first (SentencePiece's dummy prefix applies to the text's start)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [tokenizer.bos_token_id, *ids] if tokenizer.bos_token_id is not None else list(ids)
+    """Token ids of ``text`` with BOS first."""
+    return encode_many(tokenizer, [text])[0]
 
 
 def _load_panda_checkpoint(path: Path):

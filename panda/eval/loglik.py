@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import torch
 
 from panda.eval.generation import left_pad
-from panda.eval.loading import encode
+from panda.eval.loading import encode, encode_many
 
 TREE_ATTENTION = ("eager", "sdpa")
 """Attention kernels that take an arbitrary 4D mask (flash kernels cannot: they score prompt + option rows)."""
@@ -52,18 +52,21 @@ def _split_after(tokenizer, prefix: str, text: str, prefix_ids: list[int]) -> li
     return None
 
 
-def split_continuation(tokenizer, context_ids: list[int], context: str, continuation: str
-                       ) -> tuple[list[int], str]:
+def split_continuation(tokenizer, context_ids: list[int], context: str, continuation: str,
+                       joint_ids: list[int] | None = None) -> tuple[list[int], str]:
     """Continuation ids for ``continuation`` after ``context`` (``context_ids = encode(context)``) and the rule used.
+
+    Args:
+        joint_ids: ``encode(context + continuation)`` if already computed (batched encoding).
 
     Returns:
         ``(continuation_ids, "joint" | "after_newline" | "separate")`` (see the module docstring).
     """
     if not continuation:
         raise ValueError(f"empty continuation after context ending {context[-40:]!r}")
-    ids = _split_after(tokenizer, context, continuation, context_ids)
-    if ids is not None:
-        return ids, "joint"
+    joint = joint_ids if joint_ids is not None else encode(tokenizer, context + continuation)
+    if len(joint) > len(context_ids) and joint[: len(context_ids)] == context_ids:
+        return joint[len(context_ids):], "joint"
     ids = _split_after(tokenizer, "\n", continuation, encode(tokenizer, "\n"))
     if ids is not None:
         return ids, "after_newline"
@@ -164,14 +167,15 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
     Returns:
         Per question, per option: ``{"continuation", "logprob", "tokens", "chars", "split"}``.
     """
-    context_ids = [encode(tokenizer, context) for context in contexts]
+    context_ids = encode_many(tokenizer, list(contexts))
+    pairs = [(q, option) for q, options in enumerate(continuations) for option in options]
+    joints = encode_many(tokenizer, [contexts[q] + option for q, option in pairs])
     rows, row_question, splits = [], [], []
-    for q, (context, options) in enumerate(zip(contexts, continuations)):
-        for option in options:
-            ids, split = split_continuation(tokenizer, context_ids[q], context, option)
-            rows.append(ids)
-            row_question.append(q)
-            splits.append(split)
+    for (q, option), joint in zip(pairs, joints):
+        ids, split = split_continuation(tokenizer, context_ids[q], contexts[q], option, joint)
+        rows.append(ids)
+        row_question.append(q)
+        splits.append(split)
     device = next(model.parameters()).device
     tree = share_prompt and model.config._attn_implementation in TREE_ATTENTION
     score = _tree_sums if tree else _joint_row_sums

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from panda.eval.benchmarks import BenchmarkFormat
 from panda.eval.datamodule import BenchmarkDataModule
+from panda.eval.loading import Dtype
 from panda.eval.module import MultipleChoiceEvaluator
 from panda.eval.scoring import Continuation, Protocol
 
@@ -21,7 +22,8 @@ from panda.eval.scoring import Continuation, Protocol
 def evaluate(model: str, benchmark_path: str, format: BenchmarkFormat, protocol: Protocol = "both", *,
              tokenizer: str | None = None, name: str | None = None, shots: int = 0, train_path: str | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 64,
-             continuation: Continuation = "option", output_dir: str = "runs/eval", label: str | None = None) -> dict:
+             continuation: Continuation = "option", output_dir: str = "runs/eval", label: str | None = None,
+             dtype: Dtype = "auto") -> dict:
     """Evaluate ``model`` on a benchmark file and return the metrics dict (also written to ``metrics.json``).
 
     Args:
@@ -38,6 +40,7 @@ def evaluate(model: str, benchmark_path: str, format: BenchmarkFormat, protocol:
         continuation: ``option`` or ``letter`` (log-likelihood protocol).
         output_dir: Runs go to ``<output_dir>/<name>/version_N``.
         label: Model name in the outputs.
+        dtype: Weights dtype (``auto``: bfloat16 on GPU, float32 on CPU).
 
     Returns:
         ``{"count", "generate/acc", "generate/unparseable_rate", "loglik/acc", "loglik/acc_norm", …,
@@ -46,7 +49,7 @@ def evaluate(model: str, benchmark_path: str, format: BenchmarkFormat, protocol:
     data = BenchmarkDataModule(benchmark_path, format, name=name, shots=shots, train_path=train_path, seed=seed,
                                batch_size=batch_size, limit=limit)
     evaluator = MultipleChoiceEvaluator(model, tokenizer, protocol=protocol, max_new_tokens=max_new_tokens,
-                                        continuation=continuation, label=label)
+                                        continuation=continuation, label=label, dtype=dtype)
     logger = TensorBoardLogger(save_dir=output_dir, name=data.name)
     trainer = Trainer(accelerator="auto", devices=1, logger=logger, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False)

@@ -11,6 +11,7 @@ This is the single code path behind ``lightning_main.py validate``
 and its record keeps everything needed to recompute the result without the model::
 
     {"index": 7, "origin": …, "gold": "B", "prompt": <the exact generation prompt = log-likelihood context>,
+     "prompt_tokens": 312,
      "generate": {"generated": "B。因为…", "prediction": "B", "correct": true},
      "loglik": {"options": [{"continuation", "logprob", "tokens", "chars", "split"}, …],
                 "prediction": "B", "prediction_norm": "A", "correct": true, "correct_norm": false}}
@@ -21,6 +22,7 @@ was tokenized after the prompt (``joint``, ``after_newline`` or ``separate``, se
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,6 +30,7 @@ import torch
 
 from panda.eval.benchmarks import LETTERS
 from panda.eval.generation import generate_answers
+from panda.eval.loading import encode_many
 from panda.eval.loglik import choose, score_options
 from panda.eval.metrics import QuestionMean
 
@@ -55,9 +58,10 @@ def score_batch(model, tokenizer, questions: Sequence[dict], *, protocol: Protoc
                 max_new_tokens: int = 64, continuation: Continuation = "option",
                 share_prompt: bool = True) -> list[dict]:
     """Score ``questions`` with ``model`` (a Hugging Face causal LM in eval mode); one record per question."""
-    records = [{"index": q["index"], "origin": q.get("origin", ""), "gold": LETTERS[q["label"]],
-                "prompt": q["prompt"]} for q in questions]
     prompts = [q["prompt"] for q in questions]
+    records = [{"index": q["index"], "origin": q.get("origin", ""), "gold": LETTERS[q["label"]],
+                "prompt": q["prompt"], "prompt_tokens": len(ids)}
+               for q, ids in zip(questions, encode_many(tokenizer, prompts))]
     if "generate" in protocols(protocol):
         answers = generate_answers(model, tokenizer, prompts, [len(q["options"]) for q in questions],
                                    max_new_tokens)
@@ -72,7 +76,23 @@ def score_batch(model, tokenizer, questions: Sequence[dict], *, protocol: Protoc
                 "options": options, "prediction": LETTERS[by_sum], "prediction_norm": LETTERS[by_char],
                 "correct": LETTERS[by_sum] == record["gold"], "correct_norm": LETTERS[by_char] == record["gold"],
             }
+    _warn_beyond_positions(model, records, max_new_tokens if "generate" in protocols(protocol) else 0)
     return records
+
+
+def _warn_beyond_positions(model, records: Sequence[dict], new_tokens: int) -> None:
+    """Warn when a prompt plus what follows it (new tokens, or the longest option) exceeds the model's positions."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None:
+        return
+    too_long = []
+    for record in records:
+        option_tokens = [option["tokens"] for option in record.get("loglik", {}).get("options", [])]
+        if record["prompt_tokens"] + max([new_tokens, *option_tokens]) > limit:
+            too_long.append(record["origin"] or str(record["index"]))
+    if too_long:
+        warnings.warn(f"{len(too_long)} prompt(s) with what follows them exceed the model's {limit} positions "
+                      f"(first: {too_long[0]}); their scores are unreliable")
 
 
 def make_metrics(protocol: Protocol) -> dict[str, QuestionMean]:

@@ -100,7 +100,7 @@ class AtomicCheckpoint(ModelCheckpoint):
             ``--ckpt_path last``; default: ``<log_dir>/checkpoints``, which changes with the logger's version.
         every_n_train_steps: Optimizer steps between checkpoints (the reference saved every 250).
         keep_last: How many of the newest checkpoints to keep on disk; older ones are deleted after a newer one
-            is complete. ``-1`` keeps all.
+            is complete (except the one the run resumed from, which Lightning never deletes). ``-1`` keeps all.
         filename: Name pattern; ``{step}`` is the global (optimizer) step.
         save_on_train_end: Also save when training ends between two scheduled saves.
     """

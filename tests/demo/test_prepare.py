@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from panda.eval.prompts import ANSWER_CUE, INSTRUCTION
+
 from panda.demo import corpora
 from panda.demo.prepare import (
     CONTINUATION_QUESTION, SENTIMENT_LABELS, SENTIMENT_QUESTION, DemoSizes, RawText, build_demo_corpora,
@@ -84,6 +86,11 @@ def test_files_have_the_design_formats(tmp_path):
         assert dialogues and all(isinstance(d, list) and d for d in dialogues)
         assert all(set(turn) == {"inputs", "targets"} for d in dialogues for turn in d)
 
+        choice = _read(tmp_path / split / "multiple_choice.jsonl")
+        assert choice and all(set(r) == {"instruction", "input", "output"} and r["input"] == "" for r in choice)
+        assert all(r["instruction"].startswith(INSTRUCTION) and r["instruction"].endswith(ANSWER_CUE)
+                   and f": {r['output']}\n" in r["instruction"] for r in choice)
+
     train_instructions = _read(tmp_path / "train/sentiment.jsonl") + _read(tmp_path / "train/segmentation.jsonl")
     assert any(isinstance(r["instruction"], list) for r in train_instructions)
     assert any(isinstance(r["instruction"], str) for r in train_instructions)
@@ -137,6 +144,11 @@ def _disjointness(files):
     assert not (val_reviews & train_reviews) and not (eval_reviews & train_reviews) and not (eval_reviews & val_reviews)
     assert not {r["input"] for r in files["val/segmentation.jsonl"]} & {r["input"] for r in
                                                                         files["train/segmentation.jsonl"]}
+    assert not {r["instruction"] for r in files["val/multiple_choice.jsonl"]} & {
+        r["instruction"] for r in files["train/multiple_choice.jsonl"]}
+    for record in files["val/multiple_choice.jsonl"] + files["train/multiple_choice.jsonl"]:
+        for text in eval_reviews | {s for lines, _, _ in files["eval/c3_continuation.json"] for s in lines}:
+            assert text not in record["instruction"]
     val_dialogues = {json.dumps(d, ensure_ascii=False) for d in files["val/dialogues.json"]}
     assert not val_dialogues & {json.dumps(d, ensure_ascii=False) for d in files["train/dialogues.json"]}
 
@@ -178,7 +190,7 @@ def test_prepare_writes_tokenizer_and_manifest(tmp_path, real_raw):
     saved = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     assert saved == manifest and set(saved["files"]) == {
         f"{split}/{name}" for split in ("train", "val")
-        for name in ("news.json", "sentiment.jsonl", "segmentation.jsonl", "dialogues.json")
+        for name in ("news.json", "sentiment.jsonl", "segmentation.jsonl", "dialogues.json", "multiple_choice.jsonl")
     } | {"eval/c3_continuation.json", "eval/logiqa_sentiment.jsonl"}
     tokenizer = load_tokenizer(tmp_path / "tokenizer")
     assert len(tokenizer) == 4000 and tokenizer("人民")["input_ids"][0] == tokenizer.bos_token_id
@@ -186,7 +198,7 @@ def test_prepare_writes_tokenizer_and_manifest(tmp_path, real_raw):
 
 
 DEMO_FORMATS = {"news.json": "wudao", "sentiment.jsonl": "jsonl", "segmentation.jsonl": "jsonl",
-                "dialogues.json": "coig"}
+                "dialogues.json": "coig", "multiple_choice.jsonl": "jsonl"}
 
 
 def test_training_files_read_cleanly_with_the_corpus_readers(tmp_path):

@@ -34,3 +34,9 @@ def test_limit_shots_and_missing_inputs(tmp_path, c3_file):
         BenchmarkDataModule(str(c3_file), "c3", shots=2).setup("validate")
     with pytest.raises(ValueError, match="--data.init_args.path"):
         BenchmarkDataModule(None, "c3").setup("validate")
+
+
+@pytest.mark.filterwarnings("ignore:.*bad records skipped")
+def test_a_file_without_any_readable_question_is_an_error(c3_file):
+    with pytest.raises(ValueError, match=r"no question could be read as format 'logiqa_v2'; first problem: .*c3.json:1"):
+        BenchmarkDataModule(str(c3_file), "logiqa_v2").setup("validate")

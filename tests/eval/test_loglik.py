@@ -99,3 +99,10 @@ def test_score_batch_records_loglik_predictions(tiny_model, tokenizer):
     [letters] = score_batch(tiny_model, tokenizer, [question], protocol="loglik", continuation="letter")
     assert [o["continuation"] for o in letters["loglik"]["options"]] == ["A", "B", "C", "D"]
     assert letters["loglik"]["prediction"] == letters["loglik"]["prediction_norm"]
+
+
+def test_prompts_beyond_the_model_positions_are_flagged(tiny_model, tokenizer):
+    question = {"index": 0, "origin": "long.jsonl:1", "prompt": "经济发展" * 600, "options": ["A", "B"], "label": 0}
+    with pytest.warns(UserWarning, match=r"exceed the model's 512 positions \(first: long.jsonl:1\)"):
+        [record] = score_batch(tiny_model, tokenizer, [question], protocol="loglik")
+    assert record["prompt_tokens"] > 512 - 64

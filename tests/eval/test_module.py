@@ -107,6 +107,17 @@ def test_panda_training_checkpoint_is_evaluated_through_its_hf_model(tmp_path, t
     assert (metrics["loglik/acc"], metrics["loglik/acc_norm"]) == (direct["loglik/acc"], direct["loglik/acc_norm"])
 
 
+def test_bfloat16_weights_score_like_float32(tmp_path, tiny_model_dir, c3_file):
+    from panda.eval import evaluate
+
+    runs = {dtype: evaluate(str(tiny_model_dir), str(c3_file), "c3", "loglik", dtype=dtype,
+                            output_dir=str(tmp_path / dtype)) for dtype in ("float32", "bfloat16")}
+    scores = {dtype: [o["logprob"] for r in read_run(Path(run["run_dir"]))[1] for o in r["loglik"]["options"]]
+              for dtype, run in runs.items()}
+    assert scores["bfloat16"] != scores["float32"]  # really computed in bf16 ...
+    assert scores["bfloat16"] == pytest.approx(scores["float32"], rel=0.05)  # ... and still the same model
+
+
 def test_missing_model_is_a_clear_error(tmp_path, c3_file):
     from panda.eval import evaluate
 

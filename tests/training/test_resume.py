@@ -3,8 +3,9 @@
 Three runs of ``python lightning_main.py fit`` with the same config (tiny LLaMA, People's Daily text, packed):
 an uninterrupted one; one SIGKILLed mid-epoch in the middle of writing its step-8 checkpoint (both ranks, after
 the first file of the checkpoint is on disk); and one resumed with ``--ckpt_path last``, which must pick the
-complete step-4 checkpoint and discard the half-written one. The resumed run must log exactly the losses of the uninterrupted one from step 5
-on, cross the epoch boundary the same way, and end with bit-identical weights (bf16 model and fp32 ZeRO masters).
+complete step-4 checkpoint and discard the half-written one. The resumed run must log exactly the losses of the
+uninterrupted one from step 5 on, cross the epoch boundary the same way, and end with bit-identical weights (bf16
+model and fp32 ZeRO masters).
 A single-process check makes sure resuming builds no batch before the resume point (no replay).
 """
 
@@ -31,7 +32,7 @@ KILL_AT = 2 * EVERY
 class KillDuringSave(L.Callback):
     """Test helper: at ``step``, let rank 0 write the first file of the checkpoint, then SIGKILL every rank.
 
-    Lightning runs checkpoint callbacks after the others, so the save of that step is the next ``torch.save``.
+    Lightning runs checkpoint callbacks after the others, so the save of that step follows this hook.
     """
 
     def __init__(self, step: int) -> None:
@@ -42,9 +43,10 @@ class KillDuringSave(L.Callback):
             return
         save = torch.save
 
-        def save_then_die(*args, **kwargs):
-            save(*args, **kwargs)
-            os.killpg(os.getpgid(0), signal.SIGKILL)
+        def save_then_die(obj, f, *args, **kwargs):
+            save(obj, f, *args, **kwargs)
+            if isinstance(f, (str, os.PathLike)) and ".partial" in str(f):  # a checkpoint file, not a buffer
+                os.killpg(os.getpgid(0), signal.SIGKILL)
 
         torch.save = save_then_die
 
@@ -71,8 +73,8 @@ def write_config(path: Path, run_dir: Path, tokenizer_dir: Path, corpus: Path, v
             "strategy": str(ROOT / "configs" / "strategy" / "deepspeed_cpu.yaml"),
             "max_steps": MAX_STEPS, "log_every_n_steps": 1, "enable_progress_bar": False,
             "enable_model_summary": False, "num_sanity_val_steps": 0,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir),
-                                                                                     "flush_logs_every_n_steps": 1, "name": "logs"}},
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(run_dir), "name": "logs", "flush_logs_every_n_steps": 1}},
             "callbacks": [{"class_path": "panda.training.checkpoint.AtomicCheckpoint",
                            "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": EVERY,
                                          "keep_last": 2}}, *extra_callbacks],
@@ -148,7 +150,8 @@ def test_sigkill_during_a_save_then_resume_matches_uninterrupted_run(tmp_path, t
     assert set(range(EVERY + 1)) <= set(killed)  # logged past the checkpoint before the kill (the CSV lags a step)
     assert killed == {s: reference[s] for s in killed}
     assert resumed == {s: reference[s] for s in range(EVERY, MAX_STEPS)}
-    assert sorted(p.name for p in checkpoints.iterdir()) == [f"step={s:08d}.ckpt" for s in (KILL_AT, MAX_STEPS)]
+    # keep_last=2, plus the checkpoint this run resumed from, which Lightning never deletes
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"step={s:08d}.ckpt" for s in (EVERY, KILL_AT, MAX_STEPS)]
 
     name = f"step={MAX_STEPS:08d}.ckpt"
     (full_module, full_fp32), (cut_module, cut_fp32) = (final_weights(d / "checkpoints" / name)

@@ -1,4 +1,5 @@
-"""Real DeepSpeed ZeRO-1 on CPU: 2 processes over gloo fit, checkpoint, resume, and convert to one fp32 state dict.
+"""Real DeepSpeed ZeRO-1 on CPU: 2 processes over gloo fit, checkpoint, resume, validate, and convert the ZeRO
+checkpoint to one fp32 state dict with Lightning's (DeepSpeed's) utility.
 
 Every DeepSpeed run happens in its own subprocess (``python tests/training/test_strategy.py ...``): in one pytest
 process, a 2-device run after a 1-device one silently ran with world size 1. Lightning launches the second rank by
@@ -98,6 +99,7 @@ def test_two_process_zero1_fit_checkpoint_resume_and_fp32_conversion(tmp_path):
     assert [f["global_step"] for f in resumed] == [STEPS + RESUMED_STEPS] * 2
     assert resumed[0]["first_step"] == STEPS  # continued, not restarted
     assert resumed[0]["adam_step"] == STEPS + RESUMED_STEPS  # optimizer moments came back with the weights
+    assert resumed[0]["val_loss"] == resumed[1]["val_loss"] > 0
 
     fp32_file = tmp_path / "model_fp32.ckpt"
     convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint), str(fp32_file))
@@ -133,6 +135,10 @@ def _worker(out_dir: Path, resume: str | None) -> None:
             (input_ids,) = batch
             return self.model(input_ids=input_ids, labels=input_ids).loss
 
+        def validation_step(self, batch, batch_idx):
+            (input_ids,) = batch
+            self.log("val_loss", self.model(input_ids=input_ids, labels=input_ids).loss, sync_dist=True)
+
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
@@ -158,6 +164,9 @@ def _worker(out_dir: Path, resume: str | None) -> None:
         "param_numel": sum(p.numel() for p in module.parameters()),
     }
     trainer.save_checkpoint(out_dir / "final.ckpt")
+    if resume:  # `validate` builds DeepSpeed's inference engine: the third bypassed check's other call site
+        facts["val_loss"] = trainer.validate(module, DataLoader(TensorDataset(tokens[:8]), batch_size=2),
+                                             verbose=False)[0]["val_loss"]
     if trainer.is_global_zero:
         torch.save({f"model.{k}": v.clone() for k, v in module.model.state_dict().items()}, out_dir / "bf16_weights.pt")
     (out_dir / f"facts-rank{trainer.global_rank}.json").write_text(json.dumps(facts))

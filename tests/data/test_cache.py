@@ -1,0 +1,116 @@
+"""The tokenize-once cache: hits, keys, exact contents, memory mapping, concurrent builders, failed builds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from datasets.table import MemoryMappedTable
+
+from panda.data.cache import CachedSource, build_source_cache
+from panda.data.report import BadRecordError
+from panda.data.tokenize import encode_example
+from tests.data.mixing_corpora import write_corpora
+
+MAX_LEN = 128
+
+
+@pytest.fixture()
+def sources(tmp_path, chinese_paragraphs):
+    return write_corpora(tmp_path / "corpora", chinese_paragraphs, news=80, coig=24)
+
+
+def build(source, tokenizer, tokenizer_dir, cache_dir, **kwargs):
+    kwargs.setdefault("max_seq_length", MAX_LEN)
+    return build_source_cache(source, tokenizer, tokenizer_dir, cache_dir, **kwargs)
+
+
+def test_second_build_is_a_cache_hit(sources, tokenizer, tokenizer_dir, tmp_path):
+    first, built = build(sources["news"], tokenizer, tokenizer_dir, tmp_path / "cache")
+    assert built
+    second, built_again = build(dataclasses.replace(sources["news"], weight=5.0, strict=True), tokenizer,
+                                tokenizer_dir, tmp_path / "cache")
+    assert not built_again  # weight and strictness do not change the cached sequences
+    assert second.path == first.path
+    assert np.array_equal(second.row_items, first.row_items)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == [first.path.name]
+
+
+def test_key_changes_with_files_settings_and_tokenizer(sources, tokenizer, tokenizer_dir, tmp_path):
+    cache_dir = tmp_path / "cache"
+    base, _ = build(sources["coig"], tokenizer, tokenizer_dir, cache_dir)
+    assert build(sources["coig"], tokenizer, tokenizer_dir, cache_dir, max_seq_length=64)[1]
+    assert build(sources["coig"], tokenizer, tokenizer_dir, cache_dir, packing=False)[1]
+    assert build(dataclasses.replace(sources["coig"], multi_turn="panda_compat"), tokenizer, tokenizer_dir,
+                 cache_dir)[1]
+    other_tokenizer = shutil.copytree(tokenizer_dir, tmp_path / "tokenizer_copy")
+    config = other_tokenizer / "tokenizer_config.json"
+    config.write_text(config.read_text() + "\n")
+    assert build(sources["coig"], tokenizer, other_tokenizer, cache_dir)[1]
+    path = base.meta["key_inputs"]["files"][0][0]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(" ")
+    rebuilt, built = build(sources["coig"], tokenizer, tokenizer_dir, cache_dir)
+    assert built and rebuilt.path != base.path
+
+
+def test_rows_hold_exactly_the_encoded_sequences(sources, tokenizer, tokenizer_dir, tmp_path):
+    cache, _ = build(sources["coig"], tokenizer, tokenizer_dir, tmp_path / "cache")
+    expected = [seq for example in sources["coig"].read()
+                for seq in encode_example(example, tokenizer, MAX_LEN).sequences]
+    assert len(cache.lengths) == len(expected)
+    assert sorted(np.asarray(cache.row_items).tolist()) == list(range(len(expected)))  # each sequence once
+    seen = {}
+    for r in range(cache.num_rows):
+        row = cache.row(r)
+        assert sum(len(ids) for ids, _ in row) <= MAX_LEN
+        items = cache.row_items[cache.row_offsets[r]:cache.row_offsets[r + 1]]
+        for item, (ids, labels) in zip(items, row):
+            seen[int(item)] = (ids.tolist(), labels.tolist())
+    assert [seen[i] for i in range(len(expected))] == [(s.input_ids, s.labels) for s in expected]
+    assert cache.row_lengths().sum() == sum(len(s.input_ids) for s in expected)
+    assert cache.meta["encoding"]["sequences"] == len(expected)
+    assert cache.meta["read"] == cache.meta["used"] + cache.meta["skipped"]
+
+
+def test_cache_is_memory_mapped_and_pickles_by_path(sources, tokenizer, tokenizer_dir, tmp_path):
+    cache, _ = build(sources["news"], tokenizer, tokenizer_dir, tmp_path / "cache")
+    assert isinstance(cache.sequences.data, MemoryMappedTable)
+    assert isinstance(cache.row_items, np.memmap)
+    blob = pickle.dumps(cache)
+    assert len(blob) < 1000  # a path, not the arrays
+    clone = pickle.loads(blob)
+    assert [ids.tolist() for ids, _ in clone.row(3)] == [ids.tolist() for ids, _ in cache.row(3)]
+
+
+def _build_in_process(args):
+    source, tokenizer_dir, cache_dir = args
+    from panda.data.tokenizer import load_tokenizer
+
+    return build(source, load_tokenizer(tokenizer_dir), tokenizer_dir, cache_dir)[1]
+
+
+def test_concurrent_builders_build_once(sources, tokenizer_dir, tmp_path):
+    args = (sources["news"], tokenizer_dir, tmp_path / "cache")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        built = pool.map(_build_in_process, [args, args])
+    assert sorted(built) == [False, True]
+
+
+def test_failed_build_leaves_no_cache(sources, tokenizer, tokenizer_dir, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"inputs": "问", "targets": "答"}, {"inputs": "问", "targets": ""}]),
+                   encoding="utf-8")
+    strict = dataclasses.replace(sources["coig"], paths=str(bad), strict=True)
+    with pytest.raises(BadRecordError, match=r"bad\.json:\[1\]"):
+        build(strict, tokenizer, tokenizer_dir, tmp_path / "cache")
+    assert [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+    lenient, _ = build(dataclasses.replace(strict, strict=False), tokenizer, tokenizer_dir, tmp_path / "cache")
+    assert (lenient.meta["read"], lenient.meta["used"], lenient.meta["skipped"]) == (2, 1, 1)
+    assert lenient.meta["problems"] == [f"{bad}:[1]: 'targets' is empty"]
+    assert isinstance(CachedSource(lenient.path).meta, dict)
