@@ -195,6 +195,10 @@ def test_prepare_writes_tokenizer_and_manifest(tmp_path, real_raw):
     tokenizer = load_tokenizer(tmp_path / "tokenizer")
     assert len(tokenizer) == 4000 and tokenizer("人民")["input_ids"][0] == tokenizer.bos_token_id
     assert not is_up_to_date(tmp_path, sizes, vocab_size=4000)  # settings of a custom input are not recorded
+    again = prepare(tmp_path / "again", sizes, seed=0, vocab_size=4000, raw=small)
+    assert again["files"] == manifest["files"]
+    model = "tokenizer/tokenizer.model"
+    assert (tmp_path / "again" / model).read_bytes() == (tmp_path / model).read_bytes()
 
 
 DEMO_FORMATS = {"news.json": "wudao", "sentiment.jsonl": "jsonl", "segmentation.jsonl": "jsonl",
