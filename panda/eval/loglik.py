@@ -20,16 +20,20 @@ Sharing the prompt. All options of a question go into ONE row after its prompt, 
 mask lets each option see the prompt and its own earlier tokens only — never another option — with position ids
 restarting after the prompt for every option, so each option is scored exactly as if it followed the prompt
 alone. A batch of questions is one forward: the prompt is computed once, options are not padded to each
-other's length, and logits are kept only for the options' tail (``logits_to_keep``)::
+other's length, and the output head runs only at the positions that predict an option token (``_logits_at``)::
 
     row   [pad pad | p p p p | a a | b b b | c]          prompt once, then options a, b, c
     pos    0   0     0 1 2 3   4 5   4 5 6   4
     mask   option tokens attend to p… and to their own option (causal); pads attend only to themselves
 
 This needs an attention kernel that takes a 4D mask (eager, sdpa: the 4D mask is passed through untouched in
-transformers 5; a bool mask for sdpa, an additive one for eager). With flash-attention kernels, or with
-``share_prompt=False``, each ``prompt + option`` is its own left-padded row in one forward (logits kept only for
-the continuation tail) — the prompt is then computed once per option.
+transformers 5; an additive mask, built once per batch, for eager and for sdpa on CPU, a bool one for sdpa
+elsewhere). With flash-attention kernels, or with ``share_prompt=False``, each ``prompt + option`` is its own
+left-padded row in one forward (logits again only where a continuation token is predicted) — the prompt is then
+computed once per option.
+
+Log-probs are normalised in float32 a block of rows at a time and summed per option in float64, so a long
+continuation's total carries no float32 rounding drift.
 """
 
 from __future__ import annotations
@@ -73,68 +77,113 @@ def split_continuation(tokenizer, context_ids: list[int], context: str, continua
     return list(tokenizer(continuation, add_special_tokens=False)["input_ids"]), "separate"
 
 
-def _sum_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per row, the sum of log_softmax(logits[r, t])[targets[r, t]] over positions where mask; (R, L, V) → (R,).
+LOGPROB_CHUNK = 256
+"""Rows of logits normalised at a time: a (chunk, V) block stays in cache instead of a fresh (N, V) tensor."""
 
-    Only the masked positions are normalised (in float32), so padding costs no softmax.
+
+def _picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits[n].float())[targets[n]]`` for each row n of ``logits`` (N, V) → (N,), in float32."""
+    picked = [torch.log_softmax(block.float(), dim=-1).gather(-1, goal.unsqueeze(-1)).squeeze(-1)
+              for block, goal in zip(logits.split(LOGPROB_CHUNK), targets.split(LOGPROB_CHUNK))]
+    return torch.cat(picked) if picked else logits.new_zeros(0, dtype=torch.float32)
+
+
+def _owner_sums(picked: torch.Tensor, owner: torch.Tensor, count: int) -> torch.Tensor:
+    """Per owner (option), the sum of its tokens' log-probs, accumulated in float64 → (count,)."""
+    return torch.zeros(count, dtype=torch.float64, device=picked.device).index_add_(0, owner, picked.double())
+
+
+def _logits_at(model, rows: torch.Tensor, columns: torch.Tensor, logits_to_keep: int, **inputs) -> torch.Tensor:
+    """Logits (N, V) at the kept positions ``(rows[n], columns[n])`` only, ``columns`` indexing the last
+    ``logits_to_keep`` positions.
+
+    The output head (``get_output_embeddings()``) is applied to the gathered hidden states only — a forward pre-hook
+    picks the rows out of its ``(R, logits_to_keep, H)`` input — so no logits are computed for positions that are not
+    scored and no (R, K, V) tensor is built and then indexed. Whatever the model does after its head (soft-capping,
+    scaling, casting) is elementwise and applies unchanged. Models without a separable head fall back to indexing
+    the full logits.
     """
-    keep = mask.bool()  # (R, L)
-    logprobs = torch.log_softmax(logits[keep].float(), dim=-1)  # (N, V)
-    picked = logprobs.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)  # (N,)
-    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(-1).expand_as(mask)[keep]  # (N,)
-    return torch.zeros(mask.shape[0], device=mask.device).index_add_(0, rows, picked)
+    head = model.get_output_embeddings()
+    if head is None:
+        return model(**inputs, logits_to_keep=logits_to_keep).logits[rows, columns]
+    gathered = []
+
+    def gather(module, args):
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[1] != logits_to_keep:  # not the (R, K, H) input we expect: leave it
+            return None
+        gathered.append(True)
+        return (hidden[rows, columns],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        logits = model(**inputs, logits_to_keep=logits_to_keep).logits
+    finally:
+        handle.remove()
+    return logits if gathered else logits[rows, columns]
 
 
-def _tree_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
-    """One forward over ``[prompt | option 1 | option 2 | …]`` rows with a tree mask (see module docstring)."""
+def _tree_layout(context_ids, rows, row_question, pad_id):
+    """Row layout of :func:`_tree_sums` as tensors; see the module docstring.
+
+    Returns ``(ids, position_ids, branch, keep, question, predictor, target, owner)``: ``(Q, T)`` ids and position
+    ids; ``branch`` (Q, T) is 0 on the prompt, ``r + 1`` on option r's tokens and a distinct negative number on each
+    pad; the scored tokens (N,) as the question's row, the kept index that predicts them, their id, their option.
+    Built with list operations (whole ranges at a time) and one tensor per output: a batch has few rows, and a
+    handful of small tensor ops would cost more than the lists.
+    """
     tails: list[list[int]] = [[] for _ in context_ids]  # the question's options, concatenated
+    positions: list[list[int]] = [list(range(len(prompt))) for prompt in context_ids]
+    branches: list[list[int]] = [[0] * len(prompt) for prompt in context_ids]
     starts = []  # per option row: offset of its first token inside its question's tail
-    for q, row in zip(row_question, rows):
+    for r, (q, row) in enumerate(zip(row_question, rows)):
         starts.append(len(tails[q]))
         tails[q].extend(row)
-    sequences, positions, branches = [], [], []
-    for q, prompt in enumerate(context_ids):
-        sequences.append(prompt + tails[q])
-        positions.append(list(range(len(prompt))))
-        branches.append([0] * len(prompt))
-    for r, (q, row) in enumerate(zip(row_question, rows)):
         positions[q].extend(range(len(context_ids[q]), len(context_ids[q]) + len(row)))
         branches[q].extend([r + 1] * len(row))
-    ids, real = left_pad(sequences, pad_id)  # (Q, T), tails end at the right edge
-    width = ids.shape[1]
-    position_ids = torch.zeros_like(ids)
-    branch = torch.full_like(ids, -1)
-    for q in range(len(sequences)):
-        position_ids[q, width - len(sequences[q]):] = torch.tensor(positions[q])
-        branch[q, width - len(sequences[q]):] = torch.tensor(branches[q])
-    real = real.bool()
-    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
-    same_branch = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # (Q, T, T): key is prompt/own
-    allowed = causal & same_branch & real[:, None, :] & real[:, :, None]
-    allowed |= torch.eye(width, dtype=torch.bool)  # a pad query attends to itself: no all-masked (NaN) rows
-    allowed = allowed[:, None]  # (Q, 1, T, T)
-    if model.config._attn_implementation == "eager":
-        dtype = next(model.parameters()).dtype
-        attention_mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    else:
-        attention_mask = allowed
+    width = max(len(prompt) + len(tail) for prompt, tail in zip(context_ids, tails))
     keep = max(len(tail) for tail in tails) + 1  # the tails and the last prompt position
-    logits = model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
-                   position_ids=position_ids.to(device), logits_to_keep=keep).logits  # (Q, keep, V)
+    pads = [width - len(prompt) - len(tail) for prompt, tail in zip(context_ids, tails)]
+    ids = torch.tensor([[pad_id] * n + prompt + tail for n, prompt, tail in zip(pads, context_ids, tails)])
+    position_ids = torch.tensor([[0] * n + pos for n, pos in zip(pads, positions)])
+    branch = torch.tensor([list(range(-1, -1 - n, -1)) + br for n, br in zip(pads, branches)])
     # Option token j sits at kept index keep - len(tail) + start + j; it is predicted one position earlier, the
     # first token by the prompt's last position (keep - len(tail) - 1), never by the previous option.
     question, predictor, target, owner = [], [], [], []
     for r, (q, row) in enumerate(zip(row_question, rows)):
-        first = keep - len(tails[q]) + starts[r]
-        for j, token in enumerate(row):
-            question.append(q)
-            predictor.append(keep - len(tails[q]) - 1 if j == 0 else first + j - 1)
-            target.append(token)
-            owner.append(r)
-    selected = logits[torch.tensor(question, device=device), torch.tensor(predictor, device=device)]  # (N, V)
-    picked = torch.log_softmax(selected.float(), dim=-1).gather(
-        -1, torch.tensor(target, device=device).unsqueeze(-1)).squeeze(-1)  # (N,)
-    return torch.zeros(len(rows), device=device).index_add_(0, torch.tensor(owner, device=device), picked)
+        tail_at = keep - len(tails[q])
+        first = tail_at + starts[r]
+        question.extend([q] * len(row))
+        predictor.append(tail_at - 1)
+        predictor.extend(range(first, first + len(row) - 1))
+        target.extend(row)
+        owner.extend([r] * len(row))
+    return (ids, position_ids, branch, keep, torch.tensor(question), torch.tensor(predictor), torch.tensor(target),
+            torch.tensor(owner))
+
+
+def _tree_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
+    """One forward over ``[prompt | option 1 | option 2 | …]`` rows with a tree mask (see module docstring)."""
+    ids, position_ids, branch, keep, question, predictor, target, owner = _tree_layout(
+        context_ids, rows, row_question, pad_id)
+    width = ids.shape[1]
+    branch = branch.to(device)
+    # A query sees earlier keys of the prompt or of its own option; a pad (its own negative branch) only itself.
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # (T, T)
+    key = branch[:, None, :]  # (Q, 1, T)
+    allowed = (causal & ((key == 0) | (key == branch[:, :, None])))[:, None]  # (Q, 1, T, T)
+    dtype = next(model.parameters()).dtype
+    if model.config._attn_implementation == "eager" or allowed.device.type == "cpu":
+        # additive mask, built once per batch (sdpa would otherwise turn the bool mask into one in every layer);
+        # eager needs finite values, sdpa's own conversion of a bool mask uses -inf
+        fill = torch.finfo(dtype).min if model.config._attn_implementation == "eager" else float("-inf")
+        attention_mask = torch.where(allowed, torch.tensor(0.0, dtype=dtype, device=device),
+                                     torch.tensor(fill, dtype=dtype, device=device))
+    else:
+        attention_mask = allowed
+    logits = _logits_at(model, question.to(device), predictor.to(device), keep, input_ids=ids.to(device),
+                        attention_mask=attention_mask, position_ids=position_ids.to(device))  # (N, V)
+    return _owner_sums(_picked_logprobs(logits, target.to(device)), owner.to(device), len(rows))
 
 
 def _joint_row_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
@@ -143,12 +192,15 @@ def _joint_row_sums(model, context_ids, rows, row_question, pad_id, device) -> t
     ids, mask = ids.to(device), mask.to(device)
     width = max(len(row) for row in rows)  # K
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                   logits_to_keep=width + 1).logits[:, :-1]  # (R, K, V): predicts ids[:, -K:]
-    target_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for r, row in enumerate(rows):
-        target_mask[r, width - len(row):] = 1
-    return _sum_logprobs(logits, ids[:, -width:], target_mask)
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)  # (N,)
+    within = torch.arange(int(lengths.sum()), device=device) - (torch.cumsum(lengths, 0) - lengths)[owner]
+    column = width - lengths[owner] + within  # (N,) index among the last K positions: the token predicted
+    # kept positions are the last K + 1; token at kept index column + 1 is predicted by kept index column
+    logits = _logits_at(model, owner, column, width + 1, input_ids=ids, attention_mask=mask,
+                        position_ids=positions)  # (N, V)
+    target = ids[:, -width:][owner, column]
+    return _owner_sums(_picked_logprobs(logits, target), owner, len(rows))
 
 
 @torch.no_grad()

@@ -106,3 +106,26 @@ def test_prompts_beyond_the_model_positions_are_flagged(tiny_model, tokenizer):
     with pytest.warns(UserWarning, match=r"exceed the model's 512 positions \(first: long.jsonl:1\)"):
         [record] = score_batch(tiny_model, tokenizer, [question], protocol="loglik")
     assert record["prompt_tokens"] > 512 - 64
+
+
+def test_long_continuations_keep_float64_accuracy(attention_model, tokenizer):
+    # ~100 continuation tokens: per-token log-probs are summed in float64, so the total stays within 1e-5 of a
+    # double-precision per-option computation (a float32 running sum drifts by ~1e-4 at this length)
+    context, options = CONTEXTS[0], ["经济发展很快，人民日报社论指出。" * 12, "你好世界" * 15]
+    [result] = score_options(attention_model, tokenizer, [context], [options])
+    assert [r["tokens"] for r in result] == [len(split_continuation(tokenizer, encode(tokenizer, context), context,
+                                                                    o)[0]) for o in options]
+    assert min(r["tokens"] for r in result) >= 30
+    expected = plain_scores(attention_model, tokenizer, context, options)
+    assert [r["logprob"] for r in result] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_models_without_a_separate_output_head_score_the_same(tiny_model, tokenizer, monkeypatch, share_prompt):
+    # logits are normally computed only at the scored positions (a pre-hook on get_output_embeddings()); without
+    # such a head the full logits of the kept positions are indexed instead, with the same result
+    gathered = score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
+    monkeypatch.setattr(tiny_model, "get_output_embeddings", lambda: None)
+    full = score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
+    for a, b in zip(gathered, full):
+        assert [r["logprob"] for r in a] == pytest.approx([r["logprob"] for r in b], abs=1e-5)
