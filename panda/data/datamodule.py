@@ -76,10 +76,18 @@ class PackedRows(Dataset):
 
     def row_lengths(self) -> np.ndarray:
         """Tokens of every global row, shape ``(len(self),)``."""
+        return self._per_row(CachedSource.row_lengths)
+
+    def row_sequence_counts(self) -> np.ndarray:
+        """Sequences in every global row, shape ``(len(self),)``."""
+        return self._per_row(CachedSource.row_sequence_counts)
+
+    def _per_row(self, per_cached_row) -> np.ndarray:
+        """``per_cached_row(cache)`` (one value per cached row) of every entry, restricted to its rows, joined."""
         parts = []
         for cache, row_map in zip(self.caches, self.row_maps):
-            lengths = cache.row_lengths()
-            parts.append(lengths if row_map is None else lengths[row_map])
+            values = per_cached_row(cache)
+            parts.append(values if row_map is None else values[row_map])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def __getitem__(self, row_ids: np.ndarray) -> dict[str, torch.Tensor]:
@@ -356,8 +364,7 @@ class PandaDataModule(LightningDataModule):
         sampler = self.train_sampler()
         plan = sampler.plan(epoch)
         rows = self.train_rows
-        sequences = np.concatenate([c.row_sequence_counts() if m is None else c.row_sequence_counts()[m]
-                                    for c, m in zip(rows.caches, rows.row_maps)])
+        sequences = rows.row_sequence_counts()
         lengths = rows.row_lengths()
         entry_of_row = np.searchsorted(rows.offsets, plan, side="right") - 1
         per_source = {}
