@@ -58,9 +58,15 @@ def greedy_config(tokenizer, max_new_tokens: int):
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
-    """Greedy continuations of ``prompts`` (one batched ``generate`` call), prompt removed, specials skipped."""
-    input_ids, attention_mask = left_pad(encode_many(tokenizer, list(prompts)), tokenizer.pad_token_id)
+def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64, *,
+                   prompt_ids: Sequence[list[int]] | None = None) -> list[str]:
+    """Greedy continuations of ``prompts`` (one batched ``generate`` call), prompt removed, specials skipped.
+
+    ``prompt_ids``: ``encode_many(tokenizer, prompts)`` when the caller already has it (not encoded again).
+    """
+    if prompt_ids is None:
+        prompt_ids = encode_many(tokenizer, list(prompts))
+    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
     device = next(model.parameters()).device
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                             generation_config=greedy_config(tokenizer, max_new_tokens))
@@ -69,7 +75,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
 
 
 def generate_answers(model, tokenizer, prompts: Sequence[str], num_options: Sequence[int],
-                     max_new_tokens: int = 64) -> list[dict]:
-    """Per prompt: ``{"generated": text, "prediction": letter or None}``."""
-    texts = generate_texts(model, tokenizer, prompts, max_new_tokens)
+                     max_new_tokens: int = 64, *, prompt_ids: Sequence[list[int]] | None = None) -> list[dict]:
+    """Per prompt: ``{"generated": text, "prediction": letter or None}`` (``prompt_ids`` as :func:`generate_texts`)."""
+    texts = generate_texts(model, tokenizer, prompts, max_new_tokens, prompt_ids=prompt_ids)
     return [{"generated": text, "prediction": extract_answer(text, n)} for text, n in zip(texts, num_options)]

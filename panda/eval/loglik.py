@@ -205,7 +205,7 @@ def _joint_row_sums(model, context_ids, rows, row_question, pad_id, device) -> t
 
 @torch.no_grad()
 def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequence[Sequence[str]],
-                  *, share_prompt: bool = True) -> list[list[dict]]:
+                  *, share_prompt: bool = True, context_ids: Sequence[list[int]] | None = None) -> list[list[dict]]:
     """Log-likelihood of every continuation given its question's context, all questions in one batch.
 
     Args:
@@ -215,11 +215,13 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
         continuations: Per question, the strings to score after its prompt (one per option).
         share_prompt: One row per question, prompt once + all options under a tree mask (see module docstring);
             off, or with a flash-attention kernel: one left-padded `prompt + option` row per option.
+        context_ids: ``encode_many(tokenizer, contexts)`` when the caller already has it (not encoded again).
 
     Returns:
         Per question, per option: ``{"continuation", "logprob", "tokens", "chars", "split"}``.
     """
-    context_ids = encode_many(tokenizer, list(contexts))
+    if context_ids is None:
+        context_ids = encode_many(tokenizer, list(contexts))
     pairs = [(q, option) for q, options in enumerate(continuations) for option in options]
     joints = encode_many(tokenizer, [contexts[q] + option for q, option in pairs])
     rows, row_question, splits = [], [], []

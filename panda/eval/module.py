@@ -78,15 +78,19 @@ class MultipleChoiceEvaluator(LightningModule):
                                             for name, metric in make_metrics(self.protocol).items()}).to(self.device)
         self.records = []
 
+    def _named_metrics(self) -> dict:
+        """``self.metrics`` under the reported names (``ModuleDict`` keys cannot hold ``/``)."""
+        return {name.replace("__", "/"): metric for name, metric in self.metrics.items()}
+
     def _step(self, batch: list[dict]) -> None:
         records = score_batch(self.model, self.tokenizer, batch, protocol=self.protocol,
                               max_new_tokens=self.max_new_tokens, continuation=self.continuation,
                               share_prompt=self.share_prompt)
-        update_metrics({name.replace("__", "/"): metric for name, metric in self.metrics.items()}, records)
+        update_metrics(self._named_metrics(), records)
         self.records.extend(records)
 
     def _finish(self) -> None:
-        metrics = compute_metrics({name.replace("__", "/"): m for name, m in self.metrics.items()})
+        metrics = compute_metrics(self._named_metrics())
         records = gather_records(self.records)
         benchmark = self._benchmark()
         self.log_dict({f"eval/{benchmark}/{k}": float(v) for k, v in metrics.items()}, sync_dist=True)

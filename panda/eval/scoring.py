@@ -59,17 +59,17 @@ def score_batch(model, tokenizer, questions: Sequence[dict], *, protocol: Protoc
                 share_prompt: bool = True) -> list[dict]:
     """Score ``questions`` with ``model`` (a Hugging Face causal LM in eval mode); one record per question."""
     prompts = [q["prompt"] for q in questions]
+    prompt_ids = encode_many(tokenizer, prompts)  # once, for the token counts and both protocols
     records = [{"index": q["index"], "origin": q.get("origin", ""), "gold": LETTERS[q["label"]],
-                "prompt": q["prompt"], "prompt_tokens": len(ids)}
-               for q, ids in zip(questions, encode_many(tokenizer, prompts))]
+                "prompt": q["prompt"], "prompt_tokens": len(ids)} for q, ids in zip(questions, prompt_ids)]
     if "generate" in protocols(protocol):
         answers = generate_answers(model, tokenizer, prompts, [len(q["options"]) for q in questions],
-                                   max_new_tokens)
+                                   max_new_tokens, prompt_ids=prompt_ids)
         for record, answer in zip(records, answers):
             record["generate"] = {**answer, "correct": answer["prediction"] == record["gold"]}
     if "loglik" in protocols(protocol):
         scores = score_options(model, tokenizer, prompts, [continuations(q, continuation) for q in questions],
-                               share_prompt=share_prompt)
+                               share_prompt=share_prompt, context_ids=prompt_ids)
         for record, options in zip(records, scores):
             by_sum, by_char = choose(options)
             record["loglik"] = {
