@@ -40,7 +40,7 @@ from panda.model.attention import packed_forward_kwargs
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
     trainable_state_dict
 from panda.training.guards import raise_if_not_finite, warn_about_precision
-from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token
+from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
 
 AttnImplementation = Literal["eager", "sdpa", "flash_attention_2"]
@@ -81,10 +81,10 @@ def loss_by_source(losses: torch.Tensor, trained: torch.Tensor, source_ids: torc
     """
     sources = source_ids[:, 1:]  # (B, T-1)
     keep = trained & (sources >= 0) & (sources < num_sources)
-    index = sources[keep]
-    sums = torch.zeros(num_sources, dtype=losses.dtype, device=losses.device).index_add_(0, index, losses[keep])
+    index, kept = sources[keep], losses[keep]
+    sums = torch.zeros(num_sources, dtype=losses.dtype, device=losses.device).index_add_(0, index, kept)
     counts = torch.zeros(num_sources, dtype=losses.dtype, device=losses.device).index_add_(
-        0, index, torch.ones_like(losses[keep]))
+        0, index, torch.ones_like(kept))
     return sums, counts
 
 
@@ -155,7 +155,7 @@ class PandaLM(LightningModule):
         self.source_names: list[str] = []
         self.schedule_plan: SchedulePlan | None = None
         self.flops_per_token = self.forward_flops_per_token = 0
-        self._last_batch_flops = 0
+        self._last_batch: tuple[int, dict[str, torch.Tensor]] | None = None  # (FLOPs per token, batch)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_source_loss = torch.nn.ModuleList()
 
@@ -226,7 +226,7 @@ class PandaLM(LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, losses, trained, count = self._losses(batch)
         raise_if_not_finite(loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx,
-                            sources=self._sources_of(batch), strategy=self.trainer.strategy)
+                            sources=lambda: self._sources_of(batch), strategy=self.trainer.strategy)
         rows = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/ppl", torch.exp(loss.detach()), batch_size=rows)
@@ -235,7 +235,7 @@ class PandaLM(LightningModule):
             for name, total, n in zip(self.source_names, sums, counts):
                 if n > 0:
                     self.log(f"train/loss/{name}", total / n, batch_size=rows)
-        self._last_batch_flops = self.flops_per_token * int(batch["attention_mask"].sum())
+        self._last_batch = (self.flops_per_token, batch)
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], metric: MeanMetric, per_source: bool) -> None:
@@ -245,7 +245,7 @@ class PandaLM(LightningModule):
             sums, counts = loss_by_source(losses, trained, batch["source_ids"], len(self.source_names))
             for source_metric, total, n in zip(self.val_source_loss, sums, counts):
                 source_metric.update(total / n.clamp(min=1), weight=n)
-        self._last_batch_flops = self.forward_flops_per_token * int(batch["attention_mask"].sum())
+        self._last_batch = (self.forward_flops_per_token, batch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_loss, per_source=True)
@@ -274,8 +274,12 @@ class PandaLM(LightningModule):
     # ------------------------------------------------------------------------------------------- monitoring
     @property
     def flops_per_batch(self) -> int:
-        """Model FLOPs of the last batch on its useful tokens (read by ``ThroughputMonitor``)."""
-        return self._last_batch_flops
+        """Model FLOPs of the last batch on its useful tokens (read by ``ThroughputMonitor``; counted only when read,
+        so a run without the monitor does not count tokens on every step)."""
+        if self._last_batch is None:
+            return 0
+        per_token, batch = self._last_batch
+        return per_token * useful_tokens(batch)
 
     def _flops_per_token(self) -> tuple[int, int]:
         """Model FLOPs per token of a training step and of a forward pass alone."""

@@ -40,6 +40,11 @@ def _hidden(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}{suffix}")
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint file or directory."""
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _fsync_tree(path: Path) -> None:
     """Flush a checkpoint file, or every file of a checkpoint directory, to disk before it is published."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
@@ -84,10 +89,10 @@ def clean_interrupted_saves(dirpath: Path) -> list[Path]:
         if not final.exists():
             os.replace(leftover, final)
             continue
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        _remove(leftover)
         removed.append(leftover)
     for leftover in sorted(dirpath.glob(f".*{PARTIAL_SUFFIX}")):
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        _remove(leftover)
         removed.append(leftover)
     return removed
 
@@ -130,7 +135,7 @@ class AtomicCheckpoint(ModelCheckpoint):
         final = Path(filepath)
         partial = _hidden(final, PARTIAL_SUFFIX)
         if trainer.is_global_zero and partial.exists():  # never mix shards with an earlier failed attempt
-            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+            _remove(partial)
         trainer.strategy.barrier("AtomicCheckpoint.clear")
         trainer.save_checkpoint(str(partial), self.save_weights_only)  # every rank writes its part, then a barrier
         if trainer.is_global_zero:

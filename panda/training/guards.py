@@ -13,6 +13,7 @@ and may diverge, which :func:`warn_about_precision` says before the run starts.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -25,8 +26,8 @@ class PrecisionWarning(UserWarning):
     """The chosen numeric precision is known to make LLaMA training diverge."""
 
 
-def raise_if_not_finite(loss: torch.Tensor, *, step: int, epoch: int, batch_idx: int, sources: list[str],
-                        strategy=None) -> None:
+def raise_if_not_finite(loss: torch.Tensor, *, step: int, epoch: int, batch_idx: int,
+                        sources: list[str] | Callable[[], list[str]], strategy=None) -> None:
     """Raise :class:`NonFiniteLossError` when ``loss`` is NaN/inf on this rank or on any other.
 
     Args:
@@ -34,7 +35,8 @@ def raise_if_not_finite(loss: torch.Tensor, *, step: int, epoch: int, batch_idx:
         step: Global optimizer step about to be taken.
         epoch: Current epoch.
         batch_idx: Micro-batch index within the epoch.
-        sources: Names of the corpus sources present in this rank's batch.
+        sources: Names of the corpus sources present in this rank's batch, or a function returning them (called
+            only when the loss is not finite, so the training hot path does not pay for it).
         strategy: The trainer's strategy; when given, the decision is shared across ranks.
     """
     bad_here = not bool(torch.isfinite(loss.detach()).all())
@@ -45,6 +47,8 @@ def raise_if_not_finite(loss: torch.Tensor, *, step: int, epoch: int, batch_idx:
         return
     where = f"at global step {step} (epoch {epoch}, micro-batch {batch_idx})"
     if bad_here:
+        if callable(sources):
+            sources = sources()
         what = f"training loss is {loss.detach().float().item()} {where}; the batch came from sources: " \
                f"{', '.join(sources) if sources else '(unknown: the batch carries no source_ids)'}"
     else:
