@@ -96,8 +96,7 @@ def make_delta(base: str | Path, target: str | Path, output: str | Path, *, max_
         plan.append(PlannedTensor(name, BIT_VIEWS[info.dtype] if entry["mode"] == "xor" else info.dtype, info.shape))
 
     with atomic_directory(output, overwrite=overwrite) as staging:
-        writer = ShardWriter(staging, plan, prefix="delta", max_shard_size=max_shard_size)
-        try:
+        with ShardWriter(staging, plan, prefix="delta", max_shard_size=max_shard_size) as writer:
             for name, entry in entries.items():
                 target_tensor = target_reader.get(name)
                 entry["target_sha256"] = tensor_sha256(target_tensor)
@@ -106,14 +105,13 @@ def make_delta(base: str | Path, target: str | Path, output: str | Path, *, max_
                     entry["base_sha256"] = tensor_sha256(base_tensor)
                     stored = xor_bits(target_tensor, base_tensor)
                     del base_tensor
-                else:
+                    entry["delta_sha256"] = tensor_sha256(stored)
+                else:  # stored whole: the delta tensor is the target tensor, already hashed
                     stored = target_tensor
-                entry["delta_sha256"] = tensor_sha256(stored)
+                    entry["delta_sha256"] = entry["target_sha256"]
                 writer.write(name, stored)
                 del stored, target_tensor
             writer.close()
-        finally:
-            writer.abort()
         (staging / TARGET_FILES_DIR).mkdir()
         copy_model_files(Path(target), staging / TARGET_FILES_DIR)
         manifest = {
@@ -192,13 +190,14 @@ def _apply_verified(base: Path, delta: Path, output: Path, max_shard_size: str, 
     plan = [PlannedTensor(name, SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"])) for name, e in entries.items()]
 
     with atomic_directory(output, overwrite=overwrite) as staging:
-        writer = ShardWriter(staging, plan, prefix="model", max_shard_size=max_shard_size)
-        try:
+        with ShardWriter(staging, plan, prefix="model", max_shard_size=max_shard_size,
+                         hash_files=False) as writer:
             for name, entry in entries.items():
                 if name not in delta_reader:
                     raise WeightFileError(f"{delta}: tensor {name!r} listed in {manifest_path.name} is in no shard")
                 stored = delta_reader.get(name)
-                if tensor_sha256(stored) != entry["delta_sha256"]:
+                stored_sha256 = tensor_sha256(stored)
+                if stored_sha256 != entry["delta_sha256"]:
                     raise WeightFileError(f"{delta_reader.infos[name].file}: tensor {name!r} does not match its "
                                           f"sha256 in {manifest_path.name}; the delta is corrupt, download it again")
                 if entry["mode"] == "xor":
@@ -213,14 +212,13 @@ def _apply_verified(base: Path, delta: Path, output: Path, max_shard_size: str, 
                     stored.bitwise_xor_(base_tensor.view(stored.dtype))
                     del base_tensor
                     stored = stored.view(dtype)
-                if tensor_sha256(stored) != entry["target_sha256"]:
+                    stored_sha256 = tensor_sha256(stored)
+                if stored_sha256 != entry["target_sha256"]:  # a whole tensor's bytes were hashed just above
                     raise WeightFileError(f"{delta}: rebuilt tensor {name!r} does not match the target sha256 in "
                                           f"{manifest_path.name}")
                 writer.write(name, stored)
                 del stored
             writer.close()
-        finally:
-            writer.abort()
         if (delta / TARGET_FILES_DIR).is_dir():
             copy_model_files(delta / TARGET_FILES_DIR, staging)
     return output
@@ -243,8 +241,8 @@ def _apply_reference(base: Path, delta: Path, output: Path, max_shard_size: str,
     plan = [PlannedTensor(name, info.dtype, info.shape) for name, info in delta_reader.infos.items()]
 
     with atomic_directory(output, overwrite=overwrite) as staging:
-        writer = ShardWriter(staging, plan, prefix="model", max_shard_size=max_shard_size)
-        try:
+        with ShardWriter(staging, plan, prefix="model", max_shard_size=max_shard_size,
+                         hash_files=False) as writer:
             for name in delta_reader:
                 stored = delta_reader.get(name)
                 if name not in whole:
@@ -252,8 +250,6 @@ def _apply_reference(base: Path, delta: Path, output: Path, max_shard_size: str,
                 writer.write(name, stored)
                 del stored
             writer.close()
-        finally:
-            writer.abort()
         copy_model_files(delta, staging)
     return output
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -130,15 +128,6 @@ def _lora_settings(hparams: dict):
     raise WeightFileError(f"hyper_parameters['lora'] is {type(lora).__name__}; expected LoraSettings or a dict")
 
 
-@contextmanager
-def _empty_weights() -> Iterator[None]:
-    """Parameters created inside are meta tensors (no memory); buffers such as rotary tables stay real."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
-        yield
-
-
 def build_model(checkpoint: TrainingCheckpoint, *, pretrained: str | None = None):
     """The Hugging Face model (a peft model when LoRA was trained) holding the checkpoint's weights.
 
@@ -146,6 +135,7 @@ def build_model(checkpoint: TrainingCheckpoint, *, pretrained: str | None = None
         checkpoint: From :func:`read_checkpoint`.
         pretrained: The base model directory, when it moved since training (default: ``hparams['pretrained']``).
     """
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     from panda.model.lora import add_lora
@@ -172,7 +162,7 @@ def build_model(checkpoint: TrainingCheckpoint, *, pretrained: str | None = None
 
     empty = lora is None or not lora.save_adapters_only  # the checkpoint holds every weight
     if empty:
-        with _empty_weights():
+        with init_empty_weights(include_buffers=False):  # meta parameters (no memory); rotary buffers stay real
             model = AutoModelForCausalLM.from_config(config, dtype=_state_dtype(state))
             model = add_lora(model, lora) if lora is not None else model
     elif pretrained is None:

@@ -46,17 +46,21 @@ class WeightFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives and what it is, known without reading its data."""
-
+class PlannedTensor:
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    file: Path
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class TensorInfo(PlannedTensor):
+    """Where one tensor lives and what it is, known without reading its data."""
+
+    file: Path
 
 
 def parse_size(size: int | str) -> int:
@@ -205,17 +209,6 @@ class WeightReader:
             raise WeightFileError(f"{info.file}: cannot read tensor {name!r}: {error}") from None
 
 
-@dataclass(frozen=True)
-class PlannedTensor:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
 class ShardWriter:
     """Writes planned tensors, in plan order, into sharded safetensors files plus a Hugging Face index.
 
@@ -225,10 +218,12 @@ class ShardWriter:
         prefix: File stem: ``model`` gives ``model-00001-of-00003.safetensors`` and ``model.safetensors.index.json``
             (``model.safetensors`` when there is one shard), the names ``transformers`` loads.
         max_shard_size: Bytes (or ``"2GB"``) per shard; a larger single tensor gets a shard of its own.
+        hash_files: Record each finished shard's sha256 in :attr:`file_sha256` (one more pass over every byte;
+            off where nobody reads it).
     """
 
     def __init__(self, directory: Path, plan: list[PlannedTensor], *, prefix: str = "model",
-                 max_shard_size: int | str = "2GB") -> None:
+                 max_shard_size: int | str = "2GB", hash_files: bool = True) -> None:
         limit = parse_size(max_shard_size)
         groups: list[list[PlannedTensor]] = [[]]
         size = 0
@@ -245,6 +240,7 @@ class ShardWriter:
         self.prefix = prefix
         self.shards = list(zip(names, groups))
         self.file_sha256: dict[str, str] = {}
+        self._hash_files = hash_files
         self._pending = iter([(file_name, item) for file_name, group in self.shards for item in group])
         self._handle = None
         self._hash = None
@@ -262,18 +258,20 @@ class ShardWriter:
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
         encoded += b" " * (-len(encoded) % 8)
         self._handle = (self.directory / file_name).open("wb")
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if self._hash_files else None
         self._file_name = file_name
         self._emit(struct.pack("<Q", len(encoded)) + encoded)
 
     def _emit(self, data) -> None:
         self._handle.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
 
     def _finish_shard(self) -> None:
         if self._handle is not None:
             self._handle.close()
-            self.file_sha256[self._file_name] = self._hash.hexdigest()
+            if self._hash is not None:
+                self.file_sha256[self._file_name] = self._hash.hexdigest()
             self._handle = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -306,6 +304,12 @@ class ShardWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.abort()  # after close() a no-op; after an error, closes the shard being written
 
 
 @contextmanager
