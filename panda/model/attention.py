@@ -28,6 +28,8 @@ from collections.abc import Mapping
 
 import torch
 
+from panda.data.collate import document_ids
+
 MASK_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
@@ -36,7 +38,7 @@ def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
 
     A document starts where ``position_ids == 0``; its number is ``cumsum(position_ids == 0)``.
     """
-    documents = (position_ids == 0).cumsum(dim=-1)  # (B, T)
+    documents = document_ids(position_ids)  # (B, T)
     same_document = documents[:, :, None] == documents[:, None, :]  # (B, T, T)
     length = position_ids.shape[-1]
     causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()  # (T, T)
