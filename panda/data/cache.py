@@ -53,8 +53,8 @@ PACK_CHUNK = 65_536
 WRITE_BATCH = 2_048
 """Sequences per Arrow record batch written."""
 
-_CODE_MODULES = ("panda.data.records", "panda.data.sources", "panda.data.tokenize", "panda.data.packing",
-                 "panda.data.cache")
+_CODE_MODULES = ("panda.data.records", "panda.data.sources", "panda.data.templates", "panda.data.tokenize",
+                 "panda.data.packing", "panda.data.cache")
 _SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
 _KEY_EXCLUDED = {"weight", "strict", "paths"}  # mixing and error policy do not change the cached sequences
 

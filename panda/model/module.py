@@ -332,20 +332,17 @@ def build_llama(pretrained: str | None, config: dict | None, attn_implementation
 
 
 def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
-    """Fail early when the tokenizer can emit ids that the model's embedding has no row for."""
+    """Fail early when the tokenizer can emit ids that the model's embedding has no row for
+    (:func:`panda.data.tokenizer.check_vocabulary`, the one check)."""
+    from panda.data.tokenizer import check_vocabulary as check, load_tokenizer
+
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is None:
         return
     if isinstance(tokenizer, (str, Path)):
-        from panda.data.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
-    if rows < len(tokenizer):
-        raise ValueError(
-            f"the model's vocabulary has {rows} rows but the tokenizer (data.tokenizer) has {len(tokenizer)} tokens; "
-            "extend the model first (`python -m panda.weights extend-vocab`) or use the model's own tokenizer"
-        )
+    check(rows, tokenizer, model="the model (model.pretrained / model.config)", tokenizer_name="data.tokenizer")
     if rows > len(tokenizer) + 1024:
         rank_zero_warn(f"the model has {rows} vocabulary rows for a {len(tokenizer)}-token tokenizer")
 
