@@ -18,9 +18,9 @@ source_ids      the document's ``source_id`` on each of its tokens, -1 on paddin
 
 Padding is inert whatever id fills it: its labels are ``IGNORE_INDEX`` (never trained) and, being one more run of
 ``position_ids`` from 0, it is a document of its own, so the block-diagonal mask lets no real token attend to it
-(and the real tokens' logits are the same as without it). A row of two documents padded to 8 (fill id 0)::
+(and the real tokens' logits are the same as without it). A row of two documents padded to 8 with fill id ``f``::
 
-    input_ids     d1 d1 d1 d2 d2  0  0  0        attention (query ↓, key →): d1 sees d1, d2 sees d2,
+    input_ids     d1 d1 d1 d2 d2  f  f  f        attention (query ↓, key →): d1 sees d1, d2 sees d2,
     labels        -  d1 d1 -  d2  -  -  -        padding sees only padding
     position_ids  0  1  2  0  1   0  1  2
 

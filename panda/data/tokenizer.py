@@ -13,7 +13,7 @@ with no ``pad_token`` (32000 ids: 0 ``<unk>``, 1 ``<s>``, 2 ``</s>``, then byte 
 *trainable* pad embedding: a padded position gets label ``IGNORE_INDEX`` and is its own document for the attention
 mask (see :mod:`panda.data.collate`), so whatever id fills it is never trained and never attended. When the
 tokenizer has no pad token, :func:`load_tokenizer` therefore fills with an id the model already has —
-:func:`fill_token_id`: ``<unk>`` (LLaMA's id 0), else ``</s>`` — sets it as the in-memory ``pad_token`` so every
+:func:`fill_token_id`: ``</s>`` (LLaMA's id 2, what ``generate`` pads with too), else ``<unk>`` — sets it as the in-memory ``pad_token`` so every
 consumer (collator, evaluation, generation) reads one value, and logs the choice once per directory. The files on
 disk are never changed (an export keeps the stock layout: ``load_tokenizer(..., fill_pad=False)``). Reproducing the
 reference's 32001-token vocabulary (``<pad>`` at id 32000) is ``panda weights add-pad`` (:mod:`panda.weights.vocab`).
@@ -32,7 +32,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
-FILL_CANDIDATES = ("unk", "eos")
+FILL_CANDIDATES = ("eos", "unk")
 """Special tokens, in order of preference, whose id fills padded positions of a tokenizer without a pad token."""
 
 _ANNOUNCED: set[str] = set()
@@ -121,7 +121,7 @@ def load_tokenizer(path: str | Path, *, fill_pad: bool = True):
 
 
 def fill_token_id(tokenizer, *, where: str = "the tokenizer") -> int:
-    """The id written on padded positions: the pad token's, else ``<unk>``'s, else ``</s>``'s (see module docstring).
+    """The id written on padded positions: the pad token's, else ``</s>``'s, else ``<unk>``'s (see module docstring).
 
     Raises ``ValueError`` naming ``where`` when the tokenizer has none of the three.
     """

@@ -16,7 +16,7 @@ def test_llama_style_tokenizer(tokenizer, tokenizer_dir):
     assert load_tokenizer(tokenizer_dir)("中国2024年")["input_ids"] == ids[:0] + tokenizer("中国2024年")["input_ids"]
 
 
-def test_stock_layout_has_no_pad_and_loads_with_unk_as_fill(stock_llama_dir, caplog):
+def test_stock_layout_has_no_pad_and_loads_with_eos_as_fill(stock_llama_dir, caplog):
     """Regression (issue 13): a tokenizer directory without a pad token was refused everywhere."""
     config = json.loads((stock_llama_dir / "tokenizer_config.json").read_text())
     assert "pad_token" not in config
@@ -28,19 +28,19 @@ def test_stock_layout_has_no_pad_and_loads_with_unk_as_fill(stock_llama_dir, cap
     assert stored("你好")["input_ids"][0] == BOS_ID
 
     filled = load_tokenizer(stock_llama_dir)
-    assert (filled.pad_token_id, filled.pad_token, len(filled)) == (UNK_ID, "<unk>", 4000)
-    assert fill_token_id(stored) == UNK_ID == fill_token_id(filled)
+    assert (filled.pad_token_id, filled.pad_token, len(filled)) == (EOS_ID, "</s>", 4000)
+    assert fill_token_id(stored) == EOS_ID == fill_token_id(filled)
     assert filled("中国人民")["input_ids"] == stored("中国人民")["input_ids"]
 
 
-def test_fill_prefers_pad_then_unk_then_eos(tokenizer):
+def test_fill_prefers_pad_then_eos_then_unk(tokenizer):
     class Bare:
-        pad_token_id = unk_token_id = None
-        eos_token_id = 2
+        pad_token_id = eos_token_id = None
+        unk_token_id = UNK_ID
 
     assert fill_token_id(tokenizer) == PAD_ID
-    assert fill_token_id(Bare()) == 2
-    Bare.eos_token_id = None
+    assert fill_token_id(Bare()) == UNK_ID
+    Bare.unk_token_id = None
     with pytest.raises(ValueError, match="no pad, unk or eos token"):
         fill_token_id(Bare(), where="tok/")
 
