@@ -70,6 +70,11 @@ def load_tokenizer(path: str | Path):
     """Load a tokenizer directory (``save_pretrained`` layout) with BOS added and a pad token guaranteed."""
     from transformers import AutoTokenizer
 
+    from panda.errors import UserError
+
+    if not Path(path).is_dir():
+        raise UserError(f"tokenizer {path}: no such directory (expected a save_pretrained tokenizer or model "
+                        "directory; nothing is downloaded from the hub)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer at {path} has no pad token; add one (LLaMA checkpoints use '<pad>' at id 32000)")
