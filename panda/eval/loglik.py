@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 import torch
 
-from panda.eval.generation import left_pad
+from panda.eval.generation import fill_id, left_pad
 from panda.eval.loading import encode, encode_many
 
 TREE_ATTENTION = ("eager", "sdpa")
@@ -233,7 +233,7 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
     device = next(model.parameters()).device
     tree = share_prompt and model.config._attn_implementation in TREE_ATTENTION
     score = _tree_sums if tree else _joint_row_sums
-    sums = score(model, context_ids, rows, row_question, tokenizer.pad_token_id, device).tolist()
+    sums = score(model, context_ids, rows, row_question, fill_id(tokenizer), device).tolist()
     results: list[list[dict]] = [[] for _ in contexts]
     for r, q in enumerate(row_question):
         option = continuations[q][len(results[q])]
