@@ -106,6 +106,11 @@ def load_tokenizer(path: str | Path, *, fill_pad: bool = True):
     """
     from transformers import AutoTokenizer
 
+    from panda.errors import UserError
+
+    if not Path(path).is_dir():
+        raise UserError(f"tokenizer {path}: no such directory (expected a save_pretrained tokenizer or model "
+                        "directory; nothing is downloaded from the hub)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if fill_pad and tokenizer.pad_token_id is None:
         fill = fill_token_id(tokenizer, where=str(path))
