@@ -83,6 +83,7 @@ from typing import Any, Literal
 from panda.data.records import Example, Segment
 from panda.data.report import BadRecordError, ReadReport, RecordProblem
 from panda.data.templates import TEMPLATES, FieldTemplate, TemplateError
+from panda.errors import ConfigError
 
 Format = Literal["coig", "wudao", "c4", "jsonl", "flan", "template", "wiki2019zh", "news2016zh", "baike2018qa",
                  "webtext2019zh", "translation2019zh", "coig_translated", "coig_instruction", "coig_exam",
@@ -247,7 +248,7 @@ class CorpusSource:
                 break
         missing = [field for field in template.fields if field not in seen]
         if probed and missing:
-            raise ValueError(f"source {self.name!r} (format {self.format}): the template names field "
+            raise ConfigError(f"source {self.name!r} (format {self.format}): the template names field "
                              f"{missing[0]!r}, which occurs in none of the first {probed} records of {path} "
                              f"(fields there: {sorted(seen)}); fix the template or the format")
 

@@ -31,11 +31,17 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from panda.errors import UserError
+
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 FILL_CANDIDATES = ("eos", "unk")
 """Special tokens, in order of preference, whose id fills padded positions of a tokenizer without a pad token."""
 
 _ANNOUNCED: set[str] = set()
+
+
+class VocabularyError(UserError, ValueError):
+    """A model and a tokenizer that do not fit each other (or a tokenizer that cannot pad)."""
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, character_coverage: float = 0.9995,
@@ -106,8 +112,6 @@ def load_tokenizer(path: str | Path, *, fill_pad: bool = True):
     """
     from transformers import AutoTokenizer
 
-    from panda.errors import UserError
-
     if not Path(path).is_dir():
         raise UserError(f"tokenizer {path}: no such directory (expected a save_pretrained tokenizer or model "
                         "directory; nothing is downloaded from the hub)")
@@ -128,7 +132,7 @@ def load_tokenizer(path: str | Path, *, fill_pad: bool = True):
 def fill_token_id(tokenizer, *, where: str = "the tokenizer") -> int:
     """The id written on padded positions: the pad token's, else ``</s>``'s, else ``<unk>``'s (see module docstring).
 
-    Raises ``ValueError`` naming ``where`` when the tokenizer has none of the three.
+    Raises :class:`VocabularyError` naming ``where`` when the tokenizer has none of the three.
     """
     if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
@@ -136,7 +140,7 @@ def fill_token_id(tokenizer, *, where: str = "the tokenizer") -> int:
         token_id = getattr(tokenizer, f"{name}_token_id")
         if token_id is not None:
             return int(token_id)
-    raise ValueError(f"{where}: no pad, unk or eos token to fill padded positions with; set pad_token in its "
+    raise VocabularyError(f"{where}: no pad, unk or eos token to fill padded positions with; set pad_token in its "
                      "tokenizer_config.json")
 
 
@@ -159,5 +163,5 @@ def check_vocabulary(rows: int, tokenizer, *, model: str = "the model", tokenize
     if size == rows + 1 and tokenizer.pad_token_id == rows:
         hint = (f"the tokenizer adds {tokenizer.pad_token!r} at id {rows} (the reference's 32001 vocabulary): "
                 f"run `panda weights add-pad MODEL OUTPUT` on the model, or use a tokenizer without a pad token")
-    raise ValueError(f"{model} has {rows} vocabulary rows but {tokenizer_name} has {size} tokens (ids up to "
+    raise VocabularyError(f"{model} has {rows} vocabulary rows but {tokenizer_name} has {size} tokens (ids up to "
                      f"{size - 1}); {hint}")
