@@ -33,9 +33,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from panda.data.cache import CachedSource, build_source_cache, default_cache_dir
+from panda.data.cache import CachedSource, default_cache_dir
 from panda.data.collate import PackedCollator
 from panda.data.mixture import MixtureSampler
+from panda.data.prepare import prepare_sources
 from panda.data.sources import CorpusSource
 from panda.data.tokenize import Truncation
 
@@ -191,14 +192,17 @@ class PandaDataModule(LightningDataModule):
         truncation: Over-long instructions: ``trim_prompt_start`` keeps the response and trims the prompt's
             beginning; ``drop`` drops them. Both are counted.
         cache_dir: Where tokenized sources are cached; default ``$PANDA_CACHE/data`` or ``~/.cache/panda/data``.
-        strict: Stop at the first bad record of any source (overrides each source's ``strict``).
+        strict: Stop at the first bad record of any source (overrides each source's ``strict``), also when the
+            source is already cached.
+        num_proc: Processes per rank that build the caches; default: the CPUs available per local rank. Under
+            ``torch.distributed`` every rank builds a share (see :mod:`panda.data.prepare`).
     """
 
     def __init__(self, tokenizer: str, sources: list[CorpusSource], val_sources: list[CorpusSource] | None = None,
                  val_fraction: float = 0.0, max_seq_length: int = 2048, batch_size: int = 4, num_workers: int = 0,
                  seed: int = 0, packing: bool = True, pad_to: Literal["longest", "max"] = "longest",
                  truncation: Truncation = "trim_prompt_start", cache_dir: str | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, num_proc: int | None = None) -> None:
         super().__init__()
         if not sources:
             raise ValueError("data.sources is empty: declare at least one CorpusSource")
@@ -217,6 +221,7 @@ class PandaDataModule(LightningDataModule):
         self.num_workers, self.seed, self.packing, self.pad_to = num_workers, seed, packing, pad_to
         self.truncation = truncation
         self.cache_dir = cache_dir
+        self.num_proc = num_proc
         self._resolved = False
         self.source_names = list(dict.fromkeys(names + [s.name for s in self.val_sources]))
         self.rank, self.world_size = 0, 1
@@ -249,17 +254,21 @@ class PandaDataModule(LightningDataModule):
             self._tokenizer = load_tokenizer(self.tokenizer_path)
         return self._tokenizer
 
-    def _cache(self, source: CorpusSource) -> tuple[CachedSource, bool]:
+    def prepare(self, progress: bool = True) -> list[CachedSource]:
+        """Every source's cache (training, then validation), building the missing ones; under
+        ``torch.distributed`` every rank must call it (each builds a share)."""
         self._resolve_paths()
-        return build_source_cache(source, self.tokenizer, self.tokenizer_path, self.cache_dir,
-                                  max_seq_length=self.max_seq_length, packing=self.packing,
-                                  truncation=self.truncation)
+        built = prepare_sources(self.sources + self.val_sources, self.tokenizer, self.tokenizer_path, self.cache_dir,
+                                max_seq_length=self.max_seq_length, packing=self.packing,
+                                truncation=self.truncation, num_proc=self.num_proc, progress=progress)
+        return [cache for cache, _ in built]
 
     def prepare_data(self) -> None:
-        """Build every source's cache (Lightning calls this on one process per node; others wait in setup)."""
-        self._resolve_paths()
-        for source in self.sources + self.val_sources:
-            self._cache(source)
+        """Build every source's cache in a single-process job. Lightning calls this on one process per node
+        only, so in a multi-process job the build waits for :meth:`setup`, where every rank takes a share."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            self.prepare()
 
     def setup(self, stage: str | None = None) -> None:
         """Open the caches (building any that are missing), split held-out rows, and log the source summary."""
@@ -268,9 +277,8 @@ class PandaDataModule(LightningDataModule):
             self.rank, self.world_size = trainer.global_rank, trainer.world_size
         if self.train_rows is not None:
             return
-        self._resolve_paths()
-        self.train_caches = [self._cache(s)[0] for s in self.sources]
-        self.val_caches = [self._cache(s)[0] for s in self.val_sources]
+        caches = self.prepare()
+        self.train_caches, self.val_caches = caches[:len(self.sources)], caches[len(self.sources):]
         splits = [held_out_split(c.num_rows, self.val_fraction, self.seed, s.name)
                   for s, c in zip(self.sources, self.train_caches)]
         train_maps, held_out = [train for train, _ in splits], [held for _, held in splits]

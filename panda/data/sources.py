@@ -175,15 +175,22 @@ class CorpusSource:
         for path in self.files():
             yield from self.read_file(path, report)
 
-    def read_file(self, path: str | Path, report: ReadReport | None = None) -> Iterator[Example]:
+    def read_file(self, path: str | Path, report: ReadReport | None = None,
+                  records: range | None = None) -> Iterator[Example]:
         """Stream the examples of one file, counting each record in ``report`` as used or skipped.
 
         Useful to split a source's files across DataLoader workers or ranks. Bad records are recorded as
         :class:`~panda.data.report.RecordProblem` s and skipped, or raise ``BadRecordError`` when ``strict``.
+        ``records`` keeps only the records at those positions (0-based, file order, as :func:`count_records`
+        counts them); the others are neither turned into examples nor counted (how a cache build splits a file).
         """
         report = report if report is not None else ReadReport()
         path = Path(path)
-        for location, value in _raw_records(path):
+        for position, (location, value) in enumerate(_raw_records(path)):
+            if records is not None and position not in records:
+                if position >= records.stop:
+                    return
+                continue
             if isinstance(value, _Unreadable):
                 self._problem(report, RecordProblem(str(path), location, value.reason))
                 continue
@@ -322,6 +329,11 @@ _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def count_records(path: str | Path) -> int:
+    """Records of a file in :meth:`CorpusSource.read_file` positions (bad records and whole-file problems count)."""
+    return sum(1 for _ in _raw_records(Path(path)))
 
 
 def _raw_records(path: Path) -> Iterator[tuple[int | str | None, Any]]:
