@@ -56,8 +56,8 @@ PACK_CHUNK = 65_536
 WRITE_BATCH = 2_048
 """Sequences per Arrow record batch written."""
 
-_CODE_MODULES = ("panda.data.records", "panda.data.sources", "panda.data.tokenize", "panda.data.packing",
-                 "panda.data.cache", "panda.data.prepare")
+_CODE_MODULES = ("panda.data.records", "panda.data.sources", "panda.data.templates", "panda.data.tokenize",
+                 "panda.data.packing", "panda.data.cache", "panda.data.prepare")
 _KEY_EXCLUDED = {"weight", "strict", "paths"}  # mixing and error policy do not change the cached sequences
 
 

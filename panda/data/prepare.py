@@ -84,7 +84,9 @@ class Job:
 
 @dataclasses.dataclass(frozen=True)
 class Share:
-    """Records ``[start, stop)`` of ``file``; the ``index``-th share of job ``job``."""
+    """Records ``[start, stop)`` of ``file``; the ``index``-th share of job ``job``. A source read only up to its
+    ``max_records`` is one share over all its files (``file == ""``): where its limit ends depends on every record
+    before it."""
 
     job: int
     index: int
@@ -271,7 +273,9 @@ def build_share(jobs: Sequence[Job], share: Share, tokenizer, settings: Settings
 
     def write_sequences(f) -> None:
         with pa.ipc.new_stream(f, schema) as writer:
-            for example in job.source.read_file(share.file, report, range(share.start, share.stop)):
+            examples = (job.source.read_file(share.file, report, records=range(share.start, share.stop))
+                        if share.file else job.source.read(report))
+            for example in examples:
                 pending.append(example)
                 if len(pending) >= ENCODE_BATCH:
                     encode(writer)
@@ -281,11 +285,11 @@ def build_share(jobs: Sequence[Job], share: Share, tokenizer, settings: Settings
     _write_atomically(base.with_suffix(".arrow"), write_sequences)
     _write_atomically(base.with_suffix(".npy"), lambda f: np.save(f, np.asarray(lengths, dtype=np.int32)))
     counts = report.counts.get(job.source.name, SourceCounts())
-    summary = {"records": share.stop - share.start, "counts": dataclasses.asdict(counts),
+    summary = {"records": counts.read, "counts": dataclasses.asdict(counts),
                "encoding": stats.as_dict(),
                "problems": [[p.path, p.line_or_index, p.reason] for p in report.problems]}
     _write_atomically(base.with_suffix(".json"), lambda f: f.write(json.dumps(summary).encode()))
-    return share.stop - share.start, stats.tokens
+    return counts.read, stats.tokens
 
 
 def publish(job: Job, settings: Settings) -> None:
@@ -439,6 +443,9 @@ def _build_missing(jobs: list[Job], missing: list[int], tokenizer, settings: Set
         ranks.raise_any(error)
         for k in missing:
             index = 0
+            if jobs[k].source.max_records is not None:
+                shares.append(Share(k, 0, "", 0, jobs[k].source.max_records))
+                continue
             for file in map(str, jobs[k].source.files()):
                 for start in range(0, counts[k, file], SHARE_RECORDS):
                     shares.append(Share(k, index, file, start, min(start + SHARE_RECORDS, counts[k, file])))
@@ -472,6 +479,10 @@ def _record_counts(jobs: list[Job], missing: list[int], ranks: _Ranks, imap) -> 
     counts: dict[tuple[int, str], int] = {}
     tasks = []
     for k in missing:
+        if jobs[k].source.field_template is not None:
+            jobs[k].source.check_template_fields()  # a wrong template stops before any share is built
+        if jobs[k].source.max_records is not None:
+            continue
         index = jobs[k].work / "index.json"
         files = list(map(str, jobs[k].source.files()))
         if index.exists():
