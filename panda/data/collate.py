@@ -33,11 +33,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
 from panda.constants import IGNORE_INDEX
 
 BATCH_KEYS = ("input_ids", "labels", "position_ids", "attention_mask", "source_ids")
+
+PAD_MULTIPLE = 8
+"""With ``pad_to="longest"`` the data module rounds a batch's width up to a multiple of this (tensor-core shapes)."""
+
+
+def pad_width(longest, multiple: int, max_seq_length: int):
+    """The width of a batch whose longest row has ``longest`` tokens (an int or an array of them): rounded up to a
+    multiple of ``multiple``, never beyond ``max_seq_length``. The one rounding rule, for collation and statistics."""
+    return np.minimum(-(-longest // multiple) * multiple, max_seq_length)
 
 
 class PackedCollator:
@@ -82,7 +92,7 @@ class PackedCollator:
         width = self.max_seq_length
         if self.pad_to == "longest":
             longest = max(lengths, default=1) or 1
-            width = min(-(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of, self.max_seq_length)
+            width = int(pad_width(longest, self.pad_to_multiple_of, self.max_seq_length))
         batch = {
             "input_ids": torch.full((len(rows), width), self.pad_id, dtype=torch.long),  # (B, T)
             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),

@@ -252,19 +252,25 @@ class CorpusSource:
                              f"{missing[0]!r}, which occurs in none of the first {probed} records of {path} "
                              f"(fields there: {sorted(seen)}); fix the template or the format")
 
-    def read_file(self, path: str | Path, report: ReadReport | None = None,
-                  limit: int | None = None) -> Generator[Example, None, int | None]:
+    def read_file(self, path: str | Path, report: ReadReport | None = None, limit: int | None = None,
+                  records: range | None = None) -> Generator[Example, None, int | None]:
         """Stream the examples of one file, counting each record in ``report`` as used or skipped.
 
         Useful to split a source's files across DataLoader workers or ranks. Bad records are recorded as
         :class:`~panda.data.report.RecordProblem` s and skipped, or raise ``BadRecordError`` when ``strict``.
         With ``limit``, stops after that many usable records and returns how many more may follow (else None).
+        ``records`` keeps only the records at those positions (0-based, file order, as :func:`count_records`
+        counts them); the others are neither turned into examples nor counted (how a cache build splits a file).
         """
         report = report if report is not None else ReadReport()
         path = Path(path)
-        for location, value in _raw_records(path):
+        for position, (location, value) in enumerate(_raw_records(path)):
             if limit == 0:
                 return 0
+            if records is not None and position not in records:
+                if position >= records.stop:
+                    return limit
+                continue
             if isinstance(value, _Unreadable):
                 self._problem(report, RecordProblem(str(path), location, value.reason))
                 continue
@@ -424,6 +430,11 @@ _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def count_records(path: str | Path) -> int:
+    """Records of a file in :meth:`CorpusSource.read_file` positions (bad records and whole-file problems count)."""
+    return sum(1 for _ in _raw_records(Path(path)))
 
 
 def _raw_records(path: Path) -> Iterator[tuple[int | str | None, Any]]:
