@@ -150,6 +150,8 @@ class PandaLM(LightningModule):
             is the peak learning rate.
         lr_schedule: Decay after warmup: ``linear`` (the reference), ``cosine`` or ``constant``.
         warmup_fraction: Share of the optimizer steps spent in linear warmup (Panda: 0.01).
+        warmup_steps: Warmup as a number of optimizer steps instead of a share (the reference's Flan-LLaMA and
+            LLaMA-2 configs: 100 and 500); ``None`` uses ``warmup_fraction``.
         activation_checkpointing: Recompute each decoder layer's activations in backward (non-reentrant), trading
             ~30 % more compute for memory that no longer grows with the number of layers.
         attn_implementation: How packed documents are kept apart (see :mod:`panda.model.attention`): ``auto``
@@ -171,6 +173,7 @@ class PandaLM(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: LRSchedule = "linear",
         warmup_fraction: float = 0.01,
+        warmup_steps: int | None = None,
         activation_checkpointing: bool = False,
         attn_implementation: AttnImplementation = "auto",
         load_dtype: Literal["float32", "bfloat16"] = "float32",
@@ -189,6 +192,7 @@ class PandaLM(LightningModule):
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_fraction = warmup_fraction
+        self.warmup_steps = warmup_steps
         self.lora = lora
         self.trainable = trainable
         self.monitor_throughput = monitor_throughput
@@ -263,7 +267,8 @@ class PandaLM(LightningModule):
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer(parameters)
-        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction)
+        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction,
+                                           warmup_steps=self.warmup_steps)
         world = self.trainer.world_size
         accumulation = self.trainer.accumulate_grad_batches
         rank_zero_info(
@@ -406,20 +411,17 @@ def build_llama(pretrained: str | None, config: dict | None, attn_implementation
 
 
 def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
-    """Fail early when the tokenizer can emit ids that the model's embedding has no row for."""
+    """Fail early when the tokenizer can emit ids that the model's embedding has no row for
+    (:func:`panda.data.tokenizer.check_vocabulary`, the one check)."""
+    from panda.data.tokenizer import check_vocabulary as check, load_tokenizer
+
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is None:
         return
     if isinstance(tokenizer, (str, Path)):
-        from panda.data.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
-    if rows < len(tokenizer):
-        raise ValueError(
-            f"the model's vocabulary has {rows} rows but the tokenizer (data.tokenizer) has {len(tokenizer)} tokens; "
-            "extend the model first (`python -m panda.weights extend-vocab`) or use the model's own tokenizer"
-        )
+    check(rows, tokenizer, model="the model (model.pretrained / model.config)", tokenizer_name="data.tokenizer")
     if rows > len(tokenizer) + 1024:
         rank_zero_warn(f"the model has {rows} vocabulary rows for a {len(tokenizer)}-token tokenizer")
 

@@ -207,7 +207,7 @@ def test_vocabulary_check_names_both_sizes(tiny_config, tokenizer_dir, tokenizer
 
     data = Data()
     data.tokenizer = str(tokenizer_dir)
-    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} rows .* {len(tokenizer)} tokens"):
+    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} vocabulary rows .* {len(tokenizer)} tokens"):
         check_vocabulary(small.hf_model, data)
     check_vocabulary(PandaLM(config=tiny_config).hf_model, data)
 
