@@ -129,6 +129,9 @@ def _unrecognized(arguments: list[str]) -> str:
         return f"unexpected argument(s): {' '.join(arguments)}"
     option = options[0].lstrip("-")
     group, _, name = option.partition(".")
+    if group in ("optimizer", "lr_scheduler"):
+        return (f"--{group}: set model.init_args.optimizer (class_path and init_args) and model.init_args.lr_schedule "
+                "instead; PandaLM builds the optimizer together with its step-sized learning-rate schedule")
     if group == "trainer" and name and "." not in name:
         from lightning.pytorch import Trainer
 
