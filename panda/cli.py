@@ -90,6 +90,15 @@ class PandaCLI(LightningCLI):
                 print(_class_help())
             raise
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning unpickles it (for its saved hyper-parameters) and before anything
+        is built: a missing or truncated checkpoint is one line naming the file, not a raw unpickling error."""
+        from panda.training.checkpoint import check_checkpoint_path
+
+        if self.config.get("subcommand"):
+            check_checkpoint_path(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
     def _parse(self, parser, args: list[str]) -> None:
         if debugging():
             return super().parse_arguments(parser, args)
