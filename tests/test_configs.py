@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from panda.cli import main, parse
+from panda.cli import lightning, parse
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = CONFIGS / "base.yaml"
@@ -118,7 +118,7 @@ def test_panda_instruct_7b_reference_hyperparameters():
 
 def test_print_config_shows_the_composed_values(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(BASE), "--config", str(CONFIGS / "experiments" / "panda_7b.yaml"),
+        lightning(["fit", "--config", str(BASE), "--config", str(CONFIGS / "experiments" / "panda_7b.yaml"),
               "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)

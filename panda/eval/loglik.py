@@ -27,9 +27,8 @@ other's length, and the output head runs only at the positions that predict an o
     mask   option tokens attend to p… and to their own option (causal); pads attend only to themselves
 
 This needs an attention kernel that takes a 4D mask (eager, sdpa: the 4D mask is passed through untouched in
-transformers 5; an additive mask, built once per batch, for eager and for sdpa on CPU, a bool one for sdpa
-elsewhere). With flash-attention kernels, or with ``share_prompt=False``, each ``prompt + option`` is its own
-left-padded row in one forward (logits again only where a continuation token is predicted) — the prompt is then
+transformers 5, in the form :func:`panda.model.attention.kernel_mask` gives it, as in training). With
+flash-attention kernels, or with ``share_prompt=False``, each ``prompt + option`` is its own left-padded row in one forward (logits again only where a continuation token is predicted) — the prompt is then
 computed once per option.
 
 Log-probs are normalised in float32 a block of rows at a time and summed per option in float64, so a long
@@ -42,8 +41,9 @@ from collections.abc import Sequence
 
 import torch
 
-from panda.eval.generation import left_pad
+from panda.eval.generation import fill_id, left_pad
 from panda.eval.loading import encode, encode_many
+from panda.model.attention import kernel_mask
 
 TREE_ATTENTION = ("eager", "sdpa")
 """Attention kernels that take an arbitrary 4D mask (flash kernels cannot: they score prompt + option rows)."""
@@ -173,14 +173,7 @@ def _tree_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.
     key = branch[:, None, :]  # (Q, 1, T)
     allowed = (causal & ((key == 0) | (key == branch[:, :, None])))[:, None]  # (Q, 1, T, T)
     dtype = next(model.parameters()).dtype
-    if model.config._attn_implementation == "eager" or allowed.device.type == "cpu":
-        # additive mask, built once per batch (sdpa would otherwise turn the bool mask into one in every layer);
-        # eager needs finite values, sdpa's own conversion of a bool mask uses -inf
-        fill = torch.finfo(dtype).min if model.config._attn_implementation == "eager" else float("-inf")
-        attention_mask = torch.where(allowed, torch.tensor(0.0, dtype=dtype, device=device),
-                                     torch.tensor(fill, dtype=dtype, device=device))
-    else:
-        attention_mask = allowed
+    attention_mask = kernel_mask(allowed, model.config._attn_implementation, dtype)  # the model's own form
     logits = _logits_at(model, question.to(device), predictor.to(device), keep, input_ids=ids.to(device),
                         attention_mask=attention_mask, position_ids=position_ids.to(device))  # (N, V)
     return _owner_sums(_picked_logprobs(logits, target.to(device)), owner.to(device), len(rows))
@@ -233,7 +226,7 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
     device = next(model.parameters()).device
     tree = share_prompt and model.config._attn_implementation in TREE_ATTENTION
     score = _tree_sums if tree else _joint_row_sums
-    sums = score(model, context_ids, rows, row_question, tokenizer.pad_token_id, device).tolist()
+    sums = score(model, context_ids, rows, row_question, fill_id(tokenizer), device).tolist()
     results: list[list[dict]] = [[] for _ in contexts]
     for r, q in enumerate(row_question):
         option = continuations[q][len(results[q])]

@@ -34,6 +34,8 @@ class MultipleChoiceEvaluator(LightningModule):
         protocol: ``generate`` (the reference: greedy decoding, first ``A|B|C|D``), ``loglik`` (option
             log-likelihoods, ``acc`` and ``acc_norm``), or ``both``.
         max_new_tokens: Generation budget of the generative protocol (the reference used 64).
+        max_prompt_tokens: Generation prompts keep only their first this many tokens, as the reference's
+            ``truncation=True, max_length=2048`` did (a warning names how many were cut); None keeps them whole.
         continuation: What the log-likelihood protocol scores after the prompt: the ``option`` texts
             (lm-evaluation-harness style; ``acc_norm`` matters) or the ``letter`` s (then ``acc_norm == acc``).
         share_prompt: Score all options of a question in one row after a single copy of the prompt (tree attention
@@ -44,12 +46,14 @@ class MultipleChoiceEvaluator(LightningModule):
     """
 
     def __init__(self, model: str | None = None, tokenizer: str | None = None, protocol: Protocol = "both",
-                 max_new_tokens: int = 64, continuation: Continuation = "option", share_prompt: bool = True,
-                 dtype: Dtype = "auto", trust_remote_code: bool = False, label: str | None = None) -> None:
+                 max_new_tokens: int = 64, max_prompt_tokens: int | None = 2048, continuation: Continuation = "option",
+                 share_prompt: bool = True, dtype: Dtype = "auto", trust_remote_code: bool = False,
+                 label: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_path, self.tokenizer_path = model, tokenizer
         self.protocol, self.max_new_tokens, self.continuation = protocol, max_new_tokens, continuation
+        self.max_prompt_tokens = max_prompt_tokens
         self.share_prompt, self.dtype_name, self.trust_remote_code = share_prompt, dtype, trust_remote_code
         self.label = label or (model_label(model) if model else None)
         self.model = None
@@ -85,7 +89,7 @@ class MultipleChoiceEvaluator(LightningModule):
     def _step(self, batch: list[dict]) -> None:
         records = score_batch(self.model, self.tokenizer, batch, protocol=self.protocol,
                               max_new_tokens=self.max_new_tokens, continuation=self.continuation,
-                              share_prompt=self.share_prompt)
+                              share_prompt=self.share_prompt, max_prompt_tokens=self.max_prompt_tokens)
         update_metrics(self._named_metrics(), records)
         self.records.extend(records)
 
@@ -98,7 +102,7 @@ class MultipleChoiceEvaluator(LightningModule):
         self.results = {
             "benchmark": benchmark, "model": self.label, "model_path": self.model_path,
             "data_path": getattr(datamodule, "path", None), "shots": getattr(datamodule, "shots", None),
-            "skipped_records": len(getattr(getattr(datamodule, "report", None), "problems", [])),
+            **report_counts(getattr(datamodule, "report", None)),
             "protocol": self.protocol, "max_new_tokens": self.max_new_tokens, "continuation": self.continuation,
             **metrics,
         }
@@ -125,6 +129,13 @@ class MultipleChoiceEvaluator(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish()
+
+
+def report_counts(report) -> dict:
+    """``skipped_records`` (unreadable, not scored) and ``unanswerable`` (kept, scored wrong) of a read."""
+    if report is None:
+        return {"skipped_records": 0, "unanswerable": 0}
+    return {"skipped_records": report.skipped, "unanswerable": len(report.problems) - report.skipped}
 
 
 def model_label(path: str) -> str:
