@@ -97,6 +97,8 @@ class PandaLM(LightningModule):
             is the peak learning rate.
         lr_schedule: Decay after warmup: ``linear`` (the reference), ``cosine`` or ``constant``.
         warmup_fraction: Share of the optimizer steps spent in linear warmup (Panda: 0.01).
+        warmup_steps: Warmup as a number of optimizer steps instead of a share (the reference's Flan-LLaMA and
+            LLaMA-2 configs: 100 and 500); ``None`` uses ``warmup_fraction``.
         activation_checkpointing: Recompute each decoder layer's activations in backward (non-reentrant), trading
             ~30 % more compute for memory that no longer grows with the number of layers.
         attn_implementation: How packed documents are kept apart (see :mod:`panda.model.attention`): ``auto``
@@ -118,6 +120,7 @@ class PandaLM(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: LRSchedule = "linear",
         warmup_fraction: float = 0.01,
+        warmup_steps: int | None = None,
         activation_checkpointing: bool = False,
         attn_implementation: AttnImplementation = "auto",
         load_dtype: Literal["float32", "bfloat16"] = "float32",
@@ -136,6 +139,7 @@ class PandaLM(LightningModule):
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_fraction = warmup_fraction
+        self.warmup_steps = warmup_steps
         self.lora = lora
         self.trainable = trainable
         self.monitor_throughput = monitor_throughput
@@ -210,7 +214,8 @@ class PandaLM(LightningModule):
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer(parameters)
-        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction)
+        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction,
+                                           warmup_steps=self.warmup_steps)
         world = self.trainer.world_size
         accumulation = self.trainer.accumulate_grad_batches
         rank_zero_info(
