@@ -4,7 +4,8 @@ One promise for caches, checkpoints, weight shards, exports and generation outpu
 hidden sibling name (``.<name>.partial-<id>``, same folder, so the final ``rename`` stays on one filesystem), flushed
 to disk, then renamed into place. A crash, ``kill -9`` or Ctrl-C leaves at most a ``.partial-*`` sibling, which
 :func:`remove_partials` (called by the next run writing the same name) deletes. Temporary folders are created with
-``os.mkdir`` so they get the usual umask mode (``tempfile.mkdtemp`` would make every published folder 0700).
+``os.mkdir`` so they get the usual umask mode (``tempfile.mkdtemp`` would make every published folder 0700), and a published folder's files get the plain
+modes too (:func:`normalize_modes`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,23 @@ def fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normalize_modes(path: Path) -> None:
+    """Give a folder tree the modes a plain ``mkdir``/``open`` would (0777/0666 less the umask): some writers use
+    private temporary files (transformers writes ``model.safetensors`` as 0600), which a shared model folder must
+    not inherit."""
+    mask = current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_symlink():
+            continue
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def publish(partial: Path, final: Path, *, durable: bool = True) -> None:
     """Rename a complete ``partial`` (file or folder) to ``final``, replacing what is there.
 
@@ -103,6 +121,8 @@ def atomic_path(final: str | Path, *, directory: bool = False, overwrite: bool =
         os.mkdir(temporary)
     try:
         yield temporary
+        if directory:
+            normalize_modes(temporary)
         publish(temporary, final, durable=durable)
     except BaseException:
         remove(temporary)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from panda.cli import lightning
 from panda.model import PandaLM
+from panda.weights.export import export_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -45,3 +46,8 @@ def test_fast_dev_run_on_panda_data_module(tokenizer_dir, chinese_paragraphs, tm
                        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "2"])
     assert cli.trainer.global_step == 2 and cli.model.source_names == ["news", "sft"]
     assert {"train/loss/news", "train/loss/sft", "val/loss"} <= set(cli.trainer.callback_metrics)
+
+    # a model built from a config has no `pretrained` directory: export finds the tokenizer the data module used
+    cli.trainer.save_checkpoint(tmp_path / "run.ckpt")
+    export_checkpoint(tmp_path / "run.ckpt", tmp_path / "hf")
+    assert (tmp_path / "hf" / "tokenizer_config.json").is_file()
