@@ -51,11 +51,11 @@ def extract_answer(generated: str) -> str | None:
 
 
 def fill_id(tokenizer) -> int:
-    """An existing id to pad prompts with: the pad token, else EOS, else UNK, else 0 (masked out either way)."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if token_id is not None:
-            return token_id
-    return 0
+    """An existing id to pad prompts with (masked out either way): :func:`panda.data.tokenizer.fill_token_id`, the
+    same rule as training's padding — the pad token, else EOS, else UNK."""
+    from panda.data.tokenizer import fill_token_id
+
+    return fill_token_id(tokenizer)
 
 
 def truncate_prompts(prompt_ids: Sequence[list[int]], max_tokens: int | None) -> tuple[list[list[int]], int]:

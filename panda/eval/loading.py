@@ -92,10 +92,13 @@ def load_model(path: str | Path, *, dtype: Dtype = "auto", trust_remote_code: bo
 def load_model_and_tokenizer(model: str | Path, tokenizer: str | Path | None = None, *, dtype: Dtype = "auto",
                              trust_remote_code: bool = False):
     """Model (see :func:`load_model`) and tokenizer (``tokenizer`` or the model's own directory)."""
-    from panda.data.tokenizer import load_tokenizer
+    from panda.data.tokenizer import check_vocabulary, load_tokenizer
 
     hf_model, hint = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer_path = tokenizer or hint
     if tokenizer_path is None or not Path(tokenizer_path).is_dir():
         raise ValueError(f"no tokenizer for {model}: pass the tokenizer directory (model.init_args.tokenizer)")
-    return hf_model, load_tokenizer(tokenizer_path)
+    loaded = load_tokenizer(tokenizer_path)
+    check_vocabulary(hf_model.get_input_embeddings().weight.shape[0], loaded, model=f"model {model}",
+                     tokenizer_name=f"tokenizer {tokenizer_path}")
+    return hf_model, loaded

@@ -36,15 +36,13 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from panda.constants import IGNORE_INDEX
-from panda.model.attention import packed_forward_kwargs
+from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
+    resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
     trainable_state_dict
 from panda.training.guards import raise_if_not_finite, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
-
-AttnImplementation = Literal["eager", "sdpa", "flash_attention_2"]
-
 
 def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position cross-entropy of next-token prediction, and which positions count.
@@ -99,10 +97,13 @@ class PandaLM(LightningModule):
             is the peak learning rate.
         lr_schedule: Decay after warmup: ``linear`` (the reference), ``cosine`` or ``constant``.
         warmup_fraction: Share of the optimizer steps spent in linear warmup (Panda: 0.01).
+        warmup_steps: Warmup as a number of optimizer steps instead of a share (the reference's Flan-LLaMA and
+            LLaMA-2 configs: 100 and 500); ``None`` uses ``warmup_fraction``.
         activation_checkpointing: Recompute each decoder layer's activations in backward (non-reentrant), trading
             ~30 % more compute for memory that no longer grows with the number of layers.
-        attn_implementation: ``sdpa`` or ``eager`` (CPU and any GPU; packed documents are separated by a
-            block-diagonal mask) or ``flash_attention_2`` (GPU; separated by position ids).
+        attn_implementation: How packed documents are kept apart (see :mod:`panda.model.attention`): ``auto``
+            picks the fastest exact path for the device when the run starts (``document_sdpa`` on CPU, a flash
+            varlen kernel on a GPU in bf16/fp16) and logs it; ``sdpa``/``eager`` use a dense mask.
         load_dtype: Dtype of the weights as loaded/built; ``bfloat16`` halves host memory for 7B+ models under a
             bf16 DeepSpeed strategy (which keeps fp32 master weights in the optimizer); keep ``float32`` otherwise.
         lora: LoRA adapters to train instead of the full model; ``None`` trains without adapters.
@@ -119,8 +120,9 @@ class PandaLM(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: LRSchedule = "linear",
         warmup_fraction: float = 0.01,
+        warmup_steps: int | None = None,
         activation_checkpointing: bool = False,
-        attn_implementation: AttnImplementation = "sdpa",
+        attn_implementation: AttnImplementation = "auto",
         load_dtype: Literal["float32", "bfloat16"] = "float32",
         lora: LoraSettings | None = None,
         trainable: Trainable = "all",
@@ -137,12 +139,17 @@ class PandaLM(LightningModule):
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_fraction = warmup_fraction
-        self.attn_implementation = attn_implementation
+        self.warmup_steps = warmup_steps
         self.lora = lora
         self.trainable = trainable
         self.monitor_throughput = monitor_throughput
 
-        model = build_llama(pretrained, config, attn_implementation, getattr(torch, load_dtype))
+        if attn_implementation == "flash_attention_2":
+            resolve_attn_implementation(attn_implementation, "cuda", "bf16-mixed")  # a missing package, named now
+        build_with = resolve_attn_implementation(attn_implementation, "cpu") if attn_implementation == "auto" \
+            else attn_implementation  # a CUDA-only kernel is checked against the device in setup()
+        self.attn_implementation = build_with
+        model = build_llama(pretrained, config, build_with, getattr(torch, load_dtype))
         model.config.use_cache = False
         if activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -181,6 +188,17 @@ class PandaLM(LightningModule):
             rank_zero_warn("model.load_dtype=bfloat16 without a DeepSpeed strategy: the optimizer updates bf16 "
                            "weights directly (no fp32 master copy); use float32 or a DeepSpeed strategy")
         self.flops_per_token, self.forward_flops_per_token = self._flops_per_token()
+        self._choose_attention()
+
+    def _choose_attention(self) -> None:
+        """Resolve ``attn_implementation`` for the device and precision the run uses, and say which path runs."""
+        device, precision = self.trainer.strategy.root_device.type, str(self.trainer.precision)
+        chosen = resolve_attn_implementation(self.hparams.attn_implementation, device, precision)
+        if chosen != self.hf_model.config._attn_implementation:
+            self.hf_model.set_attn_implementation(chosen)
+        self.attn_implementation = chosen
+        rank_zero_info(f"attention: {chosen} — {describe(chosen)} (model.attn_implementation="
+                       f"{self.hparams.attn_implementation}, {device}, precision {precision})")
 
     def configure_callbacks(self):
         if not self.monitor_throughput:
@@ -196,7 +214,8 @@ class PandaLM(LightningModule):
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer(parameters)
-        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction)
+        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction,
+                                           warmup_steps=self.warmup_steps)
         world = self.trainer.world_size
         accumulation = self.trainer.accumulate_grad_batches
         rank_zero_info(
@@ -209,7 +228,9 @@ class PandaLM(LightningModule):
     # ------------------------------------------------------------------------------------------------- loss
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(B, T, V)`` of a BATCH CONTRACT batch, documents of a packed row kept apart."""
-        return self.model(**packed_forward_kwargs(batch, self.attn_implementation), use_cache=False).logits
+        dtype = scores_dtype(self.hf_model.get_input_embeddings().weight.dtype, batch["input_ids"].device.type)
+        return self.model(**packed_forward_kwargs(batch, self.attn_implementation, dtype=dtype),
+                          use_cache=False).logits
 
     def _losses(self, batch: dict[str, torch.Tensor]):
         losses, trained = causal_lm_losses(self(batch), batch["labels"])
@@ -332,20 +353,17 @@ def build_llama(pretrained: str | None, config: dict | None, attn_implementation
 
 
 def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
-    """Fail early when the tokenizer can emit ids that the model's embedding has no row for."""
+    """Fail early when the tokenizer can emit ids that the model's embedding has no row for
+    (:func:`panda.data.tokenizer.check_vocabulary`, the one check)."""
+    from panda.data.tokenizer import check_vocabulary as check, load_tokenizer
+
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is None:
         return
     if isinstance(tokenizer, (str, Path)):
-        from panda.data.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
-    if rows < len(tokenizer):
-        raise ValueError(
-            f"the model's vocabulary has {rows} rows but the tokenizer (data.tokenizer) has {len(tokenizer)} tokens; "
-            "extend the model first (`python -m panda.weights extend-vocab`) or use the model's own tokenizer"
-        )
+    check(rows, tokenizer, model="the model (model.pretrained / model.config)", tokenizer_name="data.tokenizer")
     if rows > len(tokenizer) + 1024:
         rank_zero_warn(f"the model has {rows} vocabulary rows for a {len(tokenizer)}-token tokenizer")
 

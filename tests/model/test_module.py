@@ -87,6 +87,17 @@ def test_fast_dev_run_fit_logs_losses_per_stage_and_source(tiny_config, contract
     _trainer(fast_dev_run=True).fit(smoke, contract_datamodule)
 
 
+def test_auto_attention_resolves_for_the_device_and_says_so(tiny_config, contract_datamodule, caplog):
+    model = PandaLM(config=tiny_config)  # attn_implementation="auto"
+    with caplog.at_level("INFO"):
+        _trainer(fast_dev_run=True).fit(model, contract_datamodule)
+    assert model.attn_implementation == model.hf_model.config._attn_implementation == "document_sdpa"
+    assert "attention: document_sdpa — per-document causal SDPA" in caplog.text
+    with pytest.raises(ValueError, match="model.attn_implementation=varlen runs on CUDA in bf16/fp16 only"):
+        _trainer(fast_dev_run=True).fit(PandaLM(config=tiny_config, attn_implementation="varlen"),
+                                        contract_datamodule)
+
+
 def test_val_loss_is_token_weighted_over_the_whole_set(tiny_config, contract_datamodule):
     torch.manual_seed(0)
     model = PandaLM(config=tiny_config)
@@ -149,7 +160,7 @@ def test_vocabulary_check_names_both_sizes(tiny_config, tokenizer_dir, tokenizer
 
     data = Data()
     data.tokenizer = str(tokenizer_dir)
-    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} rows .* {len(tokenizer)} tokens"):
+    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} vocabulary rows .* {len(tokenizer)} tokens"):
         check_vocabulary(small.hf_model, data)
     check_vocabulary(PandaLM(config=tiny_config).hf_model, data)
 

@@ -58,6 +58,21 @@ def test_export_round_trip_gives_the_modules_logits(tmp_path, tiny_config, token
         torch.testing.assert_close(exported(input_ids=input_ids).logits, expected, rtol=0, atol=0)
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert reloaded_tokenizer("人民日报")["input_ids"] == tokenizer("人民日报")["input_ids"]
+
+
+def test_export_output_is_readable_by_others_as_the_umask_says(tmp_path, tiny_config, tokenizer_dir):
+    import os
+    import stat
+
+    module = PandaLM(config=tiny_config, monitor_throughput=False)
+    save_checkpoint(module, tmp_path / "last.ckpt")
+    previous = os.umask(0o022)
+    try:
+        export_checkpoint(tmp_path / "last.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "hf").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()} == {0o644}
     assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
 
 
