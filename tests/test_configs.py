@@ -74,7 +74,8 @@ def _assert_cluster(config, micro_batch: int, *, rows: int | None = None, tokens
     trainer = config.trainer
     assert (trainer.num_nodes, trainer.devices, trainer.accelerator) == (2, 8, "gpu")
     assert trainer.precision == "bf16-mixed"
-    assert trainer.strategy.class_path == "lightning.pytorch.strategies.DeepSpeedStrategy"
+    assert trainer.strategy.class_path == "panda.training.strategy.PandaDeepSpeedStrategy"
+    assert trainer.strategy.init_args.collective_timeout == 600
     assert trainer.strategy.init_args.stage == 1
     assert trainer.gradient_clip_val == 5.0
     assert trainer.accumulate_grad_batches == 1  # derived by GlobalBatchSize for the actual world size
