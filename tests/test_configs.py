@@ -238,3 +238,14 @@ def test_default_logger_is_tensorboard_under_runs():
     assert config.trainer.logger.class_path == "lightning.pytorch.loggers.TensorBoardLogger"
     assert config.trainer.logger.init_args.save_dir == "runs"
     assert config.trainer.enable_progress_bar is True
+
+
+@pytest.mark.parametrize(("name", "format", "shots", "path"), [("ceval", "ceval", 5, "data/ceval/val"),
+                                                              ("cmmlu", "cmmlu", 5, "data/cmmlu/test"),
+                                                              ("agieval_zh", "agieval", 0, "data/agieval")])
+def test_exam_suites_score_letters_with_their_own_prompts(name, format, shots, path):
+    config = parse(["--config", str(CONFIGS / "eval" / f"{name}.yaml")])
+    data, model = config.data.init_args, config.model.init_args
+    assert (data.format, data.shots, data.path) == (format, shots, path)
+    assert data.train_path == (path.rsplit("/", 1)[0] + "/dev" if shots else None)
+    assert (model.protocol, model.continuation, model.max_new_tokens) == ("both", "letter", 64)
