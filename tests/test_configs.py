@@ -74,7 +74,8 @@ def _assert_cluster(config, micro_batch: int, *, rows: int | None = None, tokens
     trainer = config.trainer
     assert (trainer.num_nodes, trainer.devices, trainer.accelerator) == (2, 8, "gpu")
     assert trainer.precision == "bf16-mixed"
-    assert trainer.strategy.class_path == "lightning.pytorch.strategies.DeepSpeedStrategy"
+    assert trainer.strategy.class_path == "panda.training.strategy.PandaDeepSpeedStrategy"
+    assert trainer.strategy.init_args.collective_timeout == 600
     assert trainer.strategy.init_args.stage == 1
     assert trainer.gradient_clip_val == 5.0
     assert trainer.accumulate_grad_batches == 1  # derived by GlobalBatchSize for the actual world size
@@ -237,3 +238,14 @@ def test_default_logger_is_tensorboard_under_runs():
     assert config.trainer.logger.class_path == "lightning.pytorch.loggers.TensorBoardLogger"
     assert config.trainer.logger.init_args.save_dir == "runs"
     assert config.trainer.enable_progress_bar is True
+
+
+@pytest.mark.parametrize(("name", "format", "shots", "path"), [("ceval", "ceval", 5, "data/ceval/val"),
+                                                              ("cmmlu", "cmmlu", 5, "data/cmmlu/test"),
+                                                              ("agieval_zh", "agieval", 0, "data/agieval")])
+def test_exam_suites_score_letters_with_their_own_prompts(name, format, shots, path):
+    config = parse(["--config", str(CONFIGS / "eval" / f"{name}.yaml")])
+    data, model = config.data.init_args, config.model.init_args
+    assert (data.format, data.shots, data.path) == (format, shots, path)
+    assert data.train_path == (path.rsplit("/", 1)[0] + "/dev" if shots else None)
+    assert (model.protocol, model.continuation, model.max_new_tokens) == ("both", "letter", 64)

@@ -83,6 +83,9 @@ class BenchmarkReport:
     questions: int = 0
     problems: list[BenchmarkProblem] = field(default_factory=list)
 
+    def add(self, path: str, location: str, reason: str, kept: bool = False) -> None:
+        self.problems.append(BenchmarkProblem(path, location, reason, kept))
+
     @property
     def skipped(self) -> int:
         return sum(not problem.kept for problem in self.problems)

@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from panda.eval.loading import Dtype, load_model_and_tokenizer
 from panda.eval.outputs import gather_records, write_outputs
-from panda.eval.scoring import Continuation, Protocol, compute_metrics, make_metrics, score_batch, update_metrics
+from panda.eval.scoring import (Continuation, Protocol, compute_metrics, make_metrics, score_batch, subject_metrics,
+                                update_metrics)
 
 
 class MultipleChoiceEvaluator(LightningModule):
@@ -96,15 +97,17 @@ class MultipleChoiceEvaluator(LightningModule):
     def _finish(self) -> None:
         metrics = compute_metrics(self._named_metrics())
         records = gather_records(self.records)
+        by_subject = subject_metrics(records, self.protocol)  # the same on every rank: records are gathered
         benchmark = self._benchmark()
-        self.log_dict({f"eval/{benchmark}/{k}": float(v) for k, v in metrics.items()}, sync_dist=True)
+        logged = {**metrics, **{k: v for k, v in by_subject.items() if k != "subjects"}}
+        self.log_dict({f"eval/{benchmark}/{k}": float(v) for k, v in logged.items()}, sync_dist=True)
         datamodule = getattr(self.trainer, "datamodule", None)
         self.results = {
             "benchmark": benchmark, "model": self.label, "model_path": self.model_path,
             "data_path": getattr(datamodule, "path", None), "shots": getattr(datamodule, "shots", None),
             **report_counts(getattr(datamodule, "report", None)),
             "protocol": self.protocol, "max_new_tokens": self.max_new_tokens, "continuation": self.continuation,
-            **metrics,
+            **metrics, **by_subject,
         }
         run_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a collective call: every rank asks
         if self.trainer.is_global_zero:

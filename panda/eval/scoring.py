@@ -107,18 +107,42 @@ def make_metrics(protocol: Protocol) -> dict[str, QuestionMean]:
     return {name: QuestionMean() for p in protocols(protocol) for name in METRIC_NAMES[p]}
 
 
+OUTCOMES = {
+    "generate/acc": lambda r: r["generate"]["correct"],
+    "generate/unparseable_rate": lambda r: r["generate"]["prediction"] is None,
+    "loglik/acc": lambda r: r["loglik"]["correct"],
+    "loglik/acc_norm": lambda r: r["loglik"]["correct_norm"],
+}
+"""Each reported number's per-question outcome (0/1), read from a record."""
+
+
 def update_metrics(metrics: dict[str, QuestionMean], records: Sequence[dict]) -> None:
     """Feed the records' per-question outcomes to the metrics made by :func:`make_metrics`."""
     index = torch.tensor([r["index"] for r in records])
-    values = {
-        "generate/acc": lambda r: r["generate"]["correct"],
-        "generate/unparseable_rate": lambda r: r["generate"]["prediction"] is None,
-        "loglik/acc": lambda r: r["loglik"]["correct"],
-        "loglik/acc_norm": lambda r: r["loglik"]["correct_norm"],
-    }
     for name, metric in metrics.items():
-        metric.update(index.to(metric.device), torch.tensor([float(values[name](r)) for r in records],
+        metric.update(index.to(metric.device), torch.tensor([float(OUTCOMES[name](r)) for r in records],
                                                             device=metric.device))
+
+
+def subject_metrics(records: Sequence[dict], protocol: Protocol) -> dict:
+    """Per-subject accuracy of an exam suite and its plain mean over subjects (empty without subjects).
+
+    ``records`` are the merged records of all ranks (each question once). Returns ``{"subjects": {subject:
+    {"count", metric: value}}, "subject_mean/<metric>": …}`` — the suites' published averages are means over
+    subjects (CMMLU's ``get_results``); the question-weighted numbers are the top-level metrics.
+    """
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("subject"):
+            groups.setdefault(record["subject"], []).append(record)
+    if not groups:
+        return {}
+    names = [name for p in protocols(protocol) for name in METRIC_NAMES[p]]
+    subjects = {subject: {"count": len(group), **{name: sum(map(OUTCOMES[name], group)) / len(group)
+                                                  for name in names}}
+                for subject, group in sorted(groups.items())}
+    means = {f"subject_mean/{name}": sum(s[name] for s in subjects.values()) / len(subjects) for name in names}
+    return {"subjects": subjects, **means}
 
 
 def compute_metrics(metrics: dict[str, QuestionMean]) -> dict[str, float | int]:

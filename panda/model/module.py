@@ -40,12 +40,29 @@ from panda.model.attention import AttnImplementation, describe, packed_forward_k
     resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
     trainable_state_dict
-from panda.training.guards import raise_if_not_finite, warn_about_precision
+from panda.training.guards import NonFiniteGuard, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
 
+LOSS_CHUNK_TOKENS = 2048
+"""Tokens whose logits are computed at once in the training loss: one chunk's fp32 (N, V) logits and their gradient
+are all that exists of the output layer's activations (at 7B: 2048 × 32001 × 4 B = 262 MB, not ≈1 GB per
+micro-batch of 4 × 2048 tokens for the logits alone)."""
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` labels → ``(B, T)`` targets: ``targets[t] = labels[t + 1]``, ``IGNORE_INDEX`` at the last position.
+
+    Shifting the (B, T) labels instead of the (B, T, V) logits means no slice of the logits is ever copied.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
+
+
 def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy of next-token prediction, and which positions count.
+    """Per-position cross-entropy of next-token prediction from full logits, and which positions count.
+
+    The reference form (evaluation, distillation, tests); training uses :func:`chunked_causal_lm_losses`, which
+    never holds the full logits.
 
     Args:
         logits: ``(B, T, V)`` model output.
@@ -55,12 +72,48 @@ def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         ``(B, T - 1)`` losses (0 where ignored) and the ``(B, T - 1)`` boolean mask of trained positions; position
         ``t`` is the prediction of token ``t + 1``.
     """
-    targets = labels[:, 1:]  # (B, T-1)
-    predictions = logits[:, :-1].float()  # (B, T-1, V)
-    # flattened (N, V) rows: ~40 % faster on CPU than cross_entropy over a transposed (B, V, T-1) view
-    losses = F.cross_entropy(predictions.reshape(-1, predictions.size(-1)), targets.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)  # (B, T-1)
-    return losses, targets != IGNORE_INDEX
+    targets = next_token_targets(labels)  # (B, T)
+    # flattened (N, V) rows: ~40 % faster on CPU than cross_entropy over a transposed (B, V, T) view
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)  # (B, T)
+    return losses[:, :-1], targets[:, :-1] != IGNORE_INDEX
+
+
+def _chunk_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")  # (N,): (N, V) logits live only here
+
+
+def chunked_causal_lm_losses(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                             chunk_tokens: int = LOSS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`causal_lm_losses` from the last hidden states, computing the output layer a chunk at a time.
+
+    Only positions that are trained get logits at all (a masked prompt or the padding costs nothing). Each chunk's
+    logits are recomputed in backward (non-reentrant checkpointing through ``head``, so DeepSpeed ZeRO-3's and
+    peft's module hooks still run), so the fp32 ``(B, T, V)`` logits and their gradient never exist: the price is
+    one more output-layer forward per trained token.
+
+    Args:
+        hidden: ``(B, T, C)`` final hidden states (after the last norm).
+        head: The output projection (``lm_head``).
+        labels: ``(B, T)`` unshifted labels.
+        chunk_tokens: Tokens per chunk.
+
+    Returns:
+        As :func:`causal_lm_losses`: ``(B, T - 1)`` losses (0 where ignored) and the mask of trained positions.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    targets = next_token_targets(labels)  # (B, T)
+    trained = targets != IGNORE_INDEX
+    index = trained.view(-1).nonzero().squeeze(1)  # (N,) trained positions of the flattened batch
+    states = hidden.reshape(-1, hidden.size(-1)).index_select(0, index)  # (N, C)
+    wanted = targets.view(-1).index_select(0, index)  # (N,)
+    pieces = [checkpoint(_chunk_losses, head, h, t, use_reentrant=False) if torch.is_grad_enabled()
+              else _chunk_losses(head, h, t)
+              for h, t in zip(states.split(chunk_tokens), wanted.split(chunk_tokens))]
+    kept = torch.cat(pieces) if pieces else states.float().sum(-1)  # (0,), still part of the graph
+    losses = kept.new_zeros(targets.numel()).index_put((index,), kept).view_as(targets)  # (B, T)
+    return losses[:, :-1], trained[:, :-1]
 
 
 def loss_by_source(losses: torch.Tensor, trained: torch.Tensor, source_ids: torch.Tensor,
@@ -68,7 +121,7 @@ def loss_by_source(losses: torch.Tensor, trained: torch.Tensor, source_ids: torc
     """Sum of losses and count of trained tokens per source.
 
     Args:
-        losses: ``(B, T-1)`` per-position losses from :func:`causal_lm_losses`.
+        losses: ``(B, T-1)`` per-position losses from :func:`causal_lm_losses` (or its chunked form).
         trained: ``(B, T-1)`` mask of trained positions.
         source_ids: ``(B, T)`` source index per token (``-1`` on padding); a prediction belongs to the source of
             the token it predicts.
@@ -201,10 +254,10 @@ class PandaLM(LightningModule):
                        f"{self.hparams.attn_implementation}, {device}, precision {precision})")
 
     def configure_callbacks(self):
-        if not self.monitor_throughput:
-            return []
         present = {type(c) for c in self.trainer.callbacks}
-        callbacks = []
+        callbacks = [] if any(issubclass(t, NonFiniteGuard) for t in present) else [NonFiniteGuard()]
+        if not self.monitor_throughput:
+            return callbacks
         if not any(issubclass(t, ThroughputMonitor) for t in present):
             callbacks.append(PandaThroughputMonitor())
         if self.trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in present):
@@ -226,14 +279,19 @@ class PandaLM(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------- loss
+    def _model_kwargs(self, batch: dict[str, torch.Tensor]) -> dict:
+        dtype = scores_dtype(self.hf_model.get_input_embeddings().weight.dtype, batch["input_ids"].device.type)
+        return {**packed_forward_kwargs(batch, self.attn_implementation, dtype=dtype), "use_cache": False}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(B, T, V)`` of a BATCH CONTRACT batch, documents of a packed row kept apart."""
-        dtype = scores_dtype(self.hf_model.get_input_embeddings().weight.dtype, batch["input_ids"].device.type)
-        return self.model(**packed_forward_kwargs(batch, self.attn_implementation, dtype=dtype),
-                          use_cache=False).logits
+        return self.model(**self._model_kwargs(batch)).logits
 
     def _losses(self, batch: dict[str, torch.Tensor]):
-        losses, trained = causal_lm_losses(self(batch), batch["labels"])
+        """Mean loss over trained tokens, per-position losses, their mask and count — without full logits."""
+        model = self.hf_model  # the decoder and the head; with LoRA the adapters are injected in both
+        hidden = model.model(**self._model_kwargs(batch)).last_hidden_state  # (B, T, C)
+        losses, trained = chunked_causal_lm_losses(hidden, model.get_output_embeddings(), batch["labels"])
         count = trained.sum()
         loss = losses.sum() / count.clamp(min=1)
         return loss, losses, trained, count
@@ -246,8 +304,6 @@ class PandaLM(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, losses, trained, count = self._losses(batch)
-        raise_if_not_finite(loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx,
-                            sources=lambda: self._sources_of(batch), strategy=self.trainer.strategy)
         rows = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/ppl", torch.exp(loss.detach()), batch_size=rows)
@@ -318,18 +374,6 @@ class PandaLM(LightningModule):
         )
         return train, 2 * num_params + attention
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:  # DeepSpeed keeps reduced gradients in its own buffers; see on_train_batch_end
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        strategy = self.trainer.strategy
-        norm = strategy.deepspeed_engine.get_global_grad_norm() if isinstance(strategy, DeepSpeedStrategy) else None
-        if norm is not None:  # the norm of the last optimizer step, before clipping
-            self.log("train/grad_norm", float(norm))
-
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.lora is not None and self.lora.save_adapters_only and "state_dict" in checkpoint:
@@ -368,4 +412,5 @@ def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
         rank_zero_warn(f"the model has {rows} vocabulary rows for a {len(tokenizer)}-token tokenizer")
 
 
-__all__ = ["PandaLM", "LoraSettings", "causal_lm_losses", "loss_by_source", "build_llama", "check_vocabulary"]
+__all__ = ["PandaLM", "LoraSettings", "causal_lm_losses", "chunked_causal_lm_losses", "loss_by_source", "build_llama",
+           "check_vocabulary"]

@@ -8,7 +8,8 @@ from lightning.pytorch import Trainer
 
 from panda.constants import IGNORE_INDEX
 from panda.model import PandaLM
-from panda.model.module import causal_lm_losses, check_vocabulary, loss_by_source
+from panda.model.module import causal_lm_losses, check_vocabulary, chunked_causal_lm_losses, \
+    loss_by_source
 from tests.model.conftest import contract_batch
 
 IG = IGNORE_INDEX
@@ -60,6 +61,52 @@ def test_instruction_loss_covers_only_the_response_and_eos(tokenizer, tiny_confi
     expected = _hand_loss(logits, batch["input_ids"], list(range(p - 1, p - 1 + r)))
     assert model._losses(batch)[0].item() == pytest.approx(expected.item(), rel=1e-5)
     assert losses[0, : p - 1].abs().sum() == 0
+
+
+@pytest.mark.parametrize("chunk_tokens", [3, 4096])
+def test_chunked_loss_equals_the_reference_loss_and_gradients(chunk_tokens):
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 7, 16, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 7), generator=generator)
+    labels[0, :3] = IG  # a masked prompt
+    labels[1, 5:] = IG  # padding
+    grads = {}
+    for name in ("reference", "chunked"):
+        hidden.grad, head.weight.grad = None, None
+        if name == "reference":
+            losses, trained = causal_lm_losses(head(hidden), labels)
+        else:
+            losses, trained = chunked_causal_lm_losses(hidden, head, labels, chunk_tokens=chunk_tokens)
+        assert losses.shape == trained.shape == (2, 6)
+        (losses.sum() / trained.sum()).backward()
+        grads[name] = (losses.detach(), trained, hidden.grad.clone(), head.weight.grad.clone())
+    assert torch.equal(grads["reference"][1], grads["chunked"][1])
+    assert grads["chunked"][0][~grads["chunked"][1]].eq(0).all()
+    for reference, chunked in zip(grads["reference"], grads["chunked"]):
+        torch.testing.assert_close(chunked, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_training_loss_gradients_equal_the_full_logits_path(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config)
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    model._losses(batch)[0].backward()
+    chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    losses, trained = causal_lm_losses(model(batch), batch["labels"])
+    (losses.sum() / trained.sum()).backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(chunked[name], parameter.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_without_trained_tokens_is_zero_and_differentiable():
+    head = torch.nn.Linear(4, 9, bias=False)
+    hidden = torch.randn(1, 3, 4, requires_grad=True)
+    losses, trained = chunked_causal_lm_losses(hidden, head, torch.full((1, 3), IG))
+    loss = losses.sum() / trained.sum().clamp(min=1)
+    loss.backward()
+    assert loss.item() == 0 and not trained.any() and hidden.grad.eq(0).all()
 
 
 def test_loss_by_source_attributes_each_prediction_to_its_target_token():
