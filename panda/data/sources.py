@@ -6,13 +6,13 @@ stage can build an exact loss mask from the boundaries instead of guessing promp
 
 Formats (``format:``)::
 
-    coig   JSON array; element {"inputs", "targets"}              -> [prompt=inputs | response=targets]
+    coig   JSON array; element {"inputs", "targets"}              -> [prompt=inputs | response=" " + targets]
            or a list of such dicts (a multi-turn conversation)    -> see "Multi-turn" below
     wudao  JSON array of {"title", "content", ...}                 -> [title + " " + content]  (full loss)
     c4     *.json.gz JSON lines of {"text", ...}                   -> [text]                   (full loss)
     jsonl  JSON lines; {"text"}                                    -> [text]                   (full loss)
-           or {"instruction": str | list[str], "input", "output"}  -> [instruction + " " + input | output]
-    flan   {"inputs", "targets"}                                   -> [prompt=inputs | response=targets]
+           or {"instruction": str | list[str], "input", "output"}  -> [instruction + " " + input | " " + output]
+    flan   {"inputs", "targets"}                                   -> [prompt=inputs | response=" " + targets]
 
 Any format may be stored either way: a file whose first non-whitespace character is ``[`` is read as one JSON
 array (unless its first line is a complete array and more lines follow: JSON lines of arrays, e.g. one COIG
@@ -35,26 +35,30 @@ input. A list ``instruction`` means one of its strings is chosen by ``random.Ran
 deterministic per record, the same in every process, rank and epoch, and changed by the source's ``seed``.
 An empty ``output`` is a bad record (skipped and reported), like the reference's silent skip but counted.
 
-Multi-turn (``multi_turn:``), for a COIG conversation ``[{in0, tg0}, {in1, tg1}, {in2, tg2}]``:
+Prompts, responses and conversations are rendered by the source's ``chat_format``
+(:mod:`panda.data.chat_format`, the same code ``panda generate`` prompts with). With the default ``reference``
+format a record ``{inputs, targets}`` becomes ``(inputs, False) (" " + targets, True)`` — the reference's
+``inputs + " " + targets``; ``roles`` adds role-marked lines.
+
+Multi-turn (``multi_turn:``), for a COIG conversation ``[{in0, tg0}, {in1, tg1}, {in2, tg2}]`` (reference format):
 
 * ``"conversation"`` (default) — one example, user turns untrained, assistant turns trained::
 
-      (in0, False) (tg0, True) ("\\n\\n" + in1, False) (tg1, True) ("\\n\\n" + in2, False) (tg2, True)
+      (in0, False) (" " + tg0, True) ("\\n\\n" + in1, False) (" " + tg1, True) ("\\n\\n" + in2, False) (" " + tg2, True)
 
   The "\\n\\n" between turns sits at the start of the next (untrained) user segment, after the EOS the tokenizer
-  stage appends to every trained segment, so the text reads ``in0 tg0</s>\\n\\nin1 tg1</s>\\n\\nin2 tg2</s>``
-  (written here with spaces for legibility; segments are joined with nothing). A turn's inputs are followed by
-  its targets directly, exactly as for a single-turn COIG record.
+  stage appends to every trained segment, so the text reads ``in0 tg0</s>\\n\\nin1 tg1</s>\\n\\nin2 tg2</s>``.
 
 * ``"panda_compat"`` — the reference's flattening: one example per turn, only that turn's targets trained::
 
       turn k prompt = "\\n\\n".join([in0, tg0, ..., in(k-1), tg(k-1)]) + "\\n\\n" + ink    (k >= 1)
       turn 0 prompt = "\\n\\n" + in0      (the reference's empty history still adds the separator)
-      example k     = (prompt, False) (tgk, True),  meta {"turn": k}
+      example k     = (prompt, False) (" " + tgk, True),  meta {"turn": k}
 
 Every example's ``origin`` is ``"path:line"`` (1-based, JSON lines) or ``"path:[index]"`` (0-based, JSON arrays);
 all turns of a ``panda_compat`` conversation share the element's origin. Bad input never stops a read unless
-``strict``: see :mod:`panda.data.report`. Text is never rewritten: segments hold the corpus strings verbatim.
+``strict``: see :mod:`panda.data.report`. Text is never rewritten: segments hold the corpus strings verbatim, joined
+only by the chat format's separators and markers.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from panda.data.chat_format import TURN_SEPARATOR, ChatFormat, ChatFormatName  # noqa: F401 (re-exported)
 from panda.data.records import Example, Segment
 from panda.data.report import BadRecordError, ReadReport, RecordProblem
 
@@ -89,8 +94,6 @@ DEFAULT_LOSS: dict[str, Literal["full", "conditional"]] = {
 }
 """Loss policy when ``loss`` is None. For ``jsonl`` it applies to instruction records; text records are full."""
 
-TURN_SEPARATOR = "\n\n"
-"""Joins conversation turns (both multi-turn modes) — the reference's history separator."""
 
 
 class _RecordError(Exception):
@@ -114,6 +117,9 @@ class CorpusSource:
             trained) or ``panda_compat`` (the reference's one example per turn with "\\n\\n"-joined history).
         strict: Raise :class:`~panda.data.report.BadRecordError` at the first bad record instead of skipping it.
         seed: Seeds the per-record choice among a list of instructions.
+        chat_format: How a prompt and its response (or a conversation) become text: ``reference`` (the reference's
+            ``inputs + " " + targets``, turns joined by blank lines) or ``roles`` (role-marked lines); see
+            :mod:`panda.data.chat_format`, which renders the same text at inference.
     """
 
     name: str
@@ -124,6 +130,7 @@ class CorpusSource:
     multi_turn: Literal["conversation", "panda_compat"] = "conversation"
     strict: bool = False
     seed: int = 0
+    chat_format: ChatFormatName = "reference"
 
     def __post_init__(self) -> None:
         if self.format not in EXTENSIONS:
@@ -140,6 +147,12 @@ class CorpusSource:
                              "use loss: full (or leave it null)")
         if not self.paths:
             raise ValueError(f"source {self.name!r}: paths is empty")
+        ChatFormat(self.chat_format, self.multi_turn)  # an unknown format name fails here, naming it
+
+    @property
+    def conversation_format(self) -> ChatFormat:
+        """The :class:`~panda.data.chat_format.ChatFormat` that renders this source's prompts and conversations."""
+        return ChatFormat(self.chat_format, self.multi_turn)
 
     @property
     def full_loss(self) -> bool:
@@ -208,8 +221,7 @@ class CorpusSource:
             return self._conversation(value, origin)
         record = _object(value, self.format)
         if self.format in ("coig", "flan"):
-            prompt, response = _string(record, "inputs"), _string(record, "targets")
-            return [self._example(((prompt, False), (response, True)), origin)]
+            return [self._exchange(_string(record, "inputs"), _string(record, "targets"), origin)]
         if self.format == "wudao":
             title, content = _string(record, "title", allow_empty=True), _string(record, "content")
             if not title.strip():
@@ -241,7 +253,12 @@ class CorpusSource:
         parts = [p for p in (instruction or "", extra) if p.strip()]
         if not parts:
             raise _RecordError("'instruction' and 'input' are both missing or empty; expected a prompt")
-        return self._example(((" ".join(parts), False), (output, True)), origin)
+        return self._exchange(" ".join(parts), output, origin)
+
+    def _exchange(self, prompt: str, response: str, origin: str) -> Example:
+        """One prompt and its response, rendered by the source's chat format."""
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return self._example(tuple(self.conversation_format.segments(messages)), origin)
 
     def _conversation(self, turns: list, origin: str) -> list[Example]:
         if not turns:
@@ -253,18 +270,11 @@ class CorpusSource:
                 pairs.append((_string(record, "inputs"), _string(record, "targets")))
             except _RecordError as err:
                 raise _RecordError(f"turn [{k}]: {err}") from None
+        chat, messages = self.conversation_format, self.conversation_format.turn_pairs(pairs)
         if self.multi_turn == "conversation":
-            segments = []
-            for k, (inputs, targets) in enumerate(pairs):
-                segments.append(((TURN_SEPARATOR if k else "") + inputs, False))
-                segments.append((targets, True))
-            return [self._example(tuple(segments), origin, {"turns": len(pairs)})]
-        examples, history = [], []
-        for k, (inputs, targets) in enumerate(pairs):
-            prompt = TURN_SEPARATOR.join(history) + TURN_SEPARATOR + inputs
-            examples.append(self._example(((prompt, False), (targets, True)), origin, {"turn": k}))
-            history += [inputs, targets]
-        return examples
+            return [self._example(tuple(chat.segments(messages)), origin, {"turns": len(pairs)})]
+        return [self._example(tuple(chat.segments(messages[:2 * k + 2], leading_separator=k == 0)), origin,
+                              {"turn": k}) for k in range(len(pairs))]
 
     def _example(self, segments: tuple[tuple[str, bool], ...], origin: str, meta: dict | None = None) -> Example:
         """Build the example from its conditional layout; under full loss each prompt joins the response after it
