@@ -2,18 +2,21 @@
 
 Both run the same tiny LLaMA (random weights, a 4k SentencePiece tokenizer trained on People's Daily in a few
 seconds) over the same C3-format questions built from real People's Daily text, the context being a paragraph:
-``--data words`` asks which of four nouns occurs in it (short options, like C3's), ``--data sentences`` which of
-four sentences continues it (options of ~35 tokens, like LogiQA's). The prompt is the reference's zero-shot
-prompt. ``generate`` decodes greedily up to 64 new tokens (EOS is suppressed so every question pays for all 64,
-as an untrained model would rarely stop); ``loglik`` scores the four options with a shared prompt pass
-(``share_prompt``), ``loglik_joint`` with one ``prompt + option`` pass. Each batch size is measured for all
-protocols alike, on questions batched longest first (as ``BenchmarkDataModule`` batches them), the protocols
-taking turns within each repeat; tokenization is timed for all of them. ``prompt-forward (floor)`` is one forward
-over the prompts alone: every protocol pays at least that, so its speed-up bounds what any protocol can reach —
-with long options at batch size 8, generate-64's 64 batched decode steps cost little next to the prompt, and so
-does the gap a log-likelihood protocol can open. Goal: loglik ≥ 5× generate-64.
+``--data sentences`` (the default) asks which of four sentences continues it (options of ~40 tokens),
+``--data words`` which of four nouns occurs in it (short options). The prompt is the reference's zero-shot prompt.
+``generate-64`` is the reference protocol as :mod:`panda.eval.generation` runs it: greedy, at most 64 new tokens,
+stopping at the model's EOS (not suppressed; the mean number of new tokens is printed — an untrained model rarely
+stops early). ``loglik`` scores the four options after one prompt forward whose KV cache the options share, in
+length groups (``share_prompt``, the default); ``loglik_joint`` runs one ``prompt + option`` row per option. Each
+batch size is measured for all protocols alike on the same questions, batched longest first (as
+``BenchmarkDataModule`` batches them), the protocols taking turns within each of ``--repeats`` rounds (medians
+and min–max of questions/s, median CPU seconds; the speed-up is the median of the per-round ratios, as the
+machine is shared); tokenization is timed for all of them. ``prompt-forward (floor)`` is one forward over the
+prompts alone: every protocol pays at least that, so its speed-up bounds what any protocol can reach — at larger
+batch sizes generate-64's batched decode steps cost little next to the prompts, and so does the gap any protocol
+that reads the prompt can open. Goal: loglik ≥ 5× generate-64.
 
-    .venv/bin/python benchmarks/eval_speed.py [--data words|sentences] [--questions 32] [--batch-sizes 1 8]
+    .venv/bin/python benchmarks/eval_speed.py [--data sentences|words] [--questions 32] [--batch-sizes 1 8]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -77,8 +81,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement; the fastest counts")
-    parser.add_argument("--data", choices=["words", "sentences"], default="words",
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per batch size (medians, min–max)")
+    parser.add_argument("--data", choices=["sentences", "words"], default="sentences",
                         help="short options (a word, like C3's) or long ones (a whole sentence, like LogiQA's)")
     args = parser.parse_args()
 
@@ -89,9 +93,9 @@ def main() -> None:
     from panda.demo.corpora import people_daily_paragraphs, tagged_paragraphs
     from panda.eval.benchmarks import Question
     from panda.eval.datamodule import question_length
-    from panda.eval.generation import extract_answer, generate_texts, left_pad
+    from panda.eval.generation import extract_answer, generate_texts
     from panda.eval.loading import encode_many
-    from panda.eval.loglik import score_options
+    from panda.eval.loglik import _logits_at, right_pad, score_options
     from panda.eval.prompts import build_prompt
 
     torch.set_num_threads(args.threads)
@@ -104,7 +108,6 @@ def main() -> None:
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    model.generation_config.suppress_tokens = [tokenizer.eos_token_id]  # every question decodes all 64 tokens
 
     if args.data == "sentences":
         raw = continuation_questions(paragraphs[3000:], args.questions)
@@ -122,29 +125,39 @@ def main() -> None:
         4 * len(raw))
 
     def prompt_forward(batch):
-        """One forward over the prompts alone (tokenized here too), logits for the last position only."""
-        input_ids, attention_mask = left_pad(encode_many(tokenizer, [prompts[i] for i in batch]),
-                                             tokenizer.pad_token_id)
+        """The cheapest forward over the prompts alone (tokenized here too): right-padded, no mask (causal
+        attention keeps pads out), the output head at each prompt's last token only."""
+        ids = encode_many(tokenizer, [prompts[i] for i in batch])
+        last = torch.tensor([len(row) - 1 for row in ids])
         with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+            _logits_at(model, torch.arange(len(ids)), last, max(map(len, ids)), input_ids=right_pad(ids, 0))
         return [None] * len(batch)
 
     def measure(batch_size, protocols):
-        """Seconds per pass over all questions, per protocol: best of ``repeats``, the protocols taking turns
-        within each repeat so that a load change on the shared machine hits all of them alike."""
+        """Wall and CPU seconds of a pass over all questions, per protocol and round; the protocols take turns
+        within each round so that a load change on the shared machine hits all of them alike."""
         batches = [range(s, min(s + batch_size, len(raw))) for s in range(0, len(raw), batch_size)]
         for fn in protocols.values():
             fn(batches[0])  # warm-up
-        seconds = dict.fromkeys(protocols, float("inf"))
+        wall = {name: [] for name in protocols}
+        cpu = {name: [] for name in protocols}
         outputs = {}
-        for _ in range(args.repeats):  # best of: the machine is shared, the minimum is the least disturbed run
+        for _ in range(args.repeats):
             for name, fn in protocols.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 outputs[name] = [out for batch in batches for out in fn(batch)]
-                seconds[name] = min(seconds[name], time.perf_counter() - start)
-        return {name: {"protocol": name, "batch_size": batch_size, "questions": len(raw),
-                       "seconds": round(seconds[name], 3), "questions_per_s": round(len(raw) / seconds[name], 2)}
-                for name in protocols}, outputs
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        measured = {}
+        for name in protocols:
+            rate = sorted(len(raw) / w for w in wall[name])
+            speedup = statistics.median(g / w for g, w in zip(wall["generate-64"], wall[name]))  # same round
+            measured[name] = {"protocol": name, "batch_size": batch_size, "questions": len(raw),
+                              "questions_per_s": round(statistics.median(rate), 2),
+                              "min_max": f"{rate[0]:.2f}–{rate[-1]:.2f}",
+                              "cpu_s": round(statistics.median(cpu[name]), 3),
+                              "speedup_vs_generate": round(speedup, 1)}
+        return measured, outputs
 
     results = []
     for batch_size in args.batch_sizes:
@@ -157,17 +170,20 @@ def main() -> None:
         generated = measured["generate-64"]
         generated["unparseable_rate"] = round(
             sum(extract_answer(t) is None for t in outputs["generate-64"]) / len(raw), 3)
-        for result in measured.values():
-            result["speedup_vs_generate"] = round(result["questions_per_s"] / generated["questions_per_s"], 1)
-            results.append(result)
-    setup = {"data": args.data, "repeats": args.repeats, "model": f"LLaMA hidden {args.hidden}, {args.layers} layers, vocab {len(tokenizer)}",
+        generated["mean_new_tokens"] = round(sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                                                 for t in outputs["generate-64"]) / len(raw), 1)
+        results.extend(measured.values())
+    setup = {"data": args.data, "repeats": args.repeats,
+             "model": f"LLaMA hidden {args.hidden}, {args.layers} layers, vocab {len(tokenizer)}",
              "threads": args.threads, "mean_prompt_tokens": round(prompt_tokens, 1),
-             "mean_option_tokens": round(option_tokens, 1), "new_tokens_generated": 64}
+             "mean_option_tokens": round(option_tokens, 1), "max_new_tokens": 64, "eos": "not suppressed"}
     print(json.dumps(setup, ensure_ascii=False))
-    print("| batch size | protocol | questions/s | speed-up vs generate-64 (same batch size) |")
-    print("|---|---|---|---|")
+    print("| batch size | protocol | questions/s (median) | min–max | CPU s | speed-up vs generate-64 "
+          "(same batch, median of rounds) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['batch_size']} | {r['protocol']} | {r['questions_per_s']} | {r['speedup_vs_generate']}× |")
+        print(f"| {r['batch_size']} | {r['protocol']} | {r['questions_per_s']} | {r['min_max']} | {r['cpu_s']} | "
+              f"{r['speedup_vs_generate']}× |")
     best = {name: max((r for r in results if r["protocol"] == name), key=lambda r: r["questions_per_s"])
             for name in ("generate-64", "loglik")}
     ratio = best["loglik"]["questions_per_s"] / best["generate-64"]["questions_per_s"]

@@ -1,24 +1,62 @@
-"""The LightningCLI behind ``lightning_main.py``.
+"""The ``panda`` command: one program for every job, one argument style (jsonargparse) throughout.
 
-Model and data are given by ``class_path`` in YAML (``configs/base.yaml`` names Panda's training module and data
-module, ``configs/eval/*.yaml`` the evaluation ones), so ``fit``, ``validate`` and ``test`` share one program and
-configs compose with repeated ``--config`` (last wins)::
+::
 
-    python lightning_main.py fit --config configs/base.yaml --config configs/experiments/panda_7b.yaml
+    panda fit|validate|test --config configs/base.yaml --config configs/experiments/panda_7b.yaml   # LightningCLI
+    panda data stats|preview|prepare --config ...      # the training data exactly as `fit` sees it
+    panda eval table runs/eval/*                        # evaluation runs → markdown tables
+    panda weights delta-make|delta-apply|export|...     # weight tools
+    panda generate MODEL --input prompts.jsonl ...      # batch generation
+    panda chat MODEL                                    # talk to a model in the terminal
 
-TensorBoard is the default logger, writing under ``runs/<name>/version_N`` next to the resolved ``config.yaml``.
-:func:`parse` reads a configuration the way ``fit`` would, without building anything (tests parse every YAML
-with it).
+``fit``, ``validate`` and ``test`` are Lightning's own ``LightningCLI`` (``lightning_main.py`` runs the same
+program): model and data are given by ``class_path`` in YAML, configs compose with repeated ``--config`` (last
+wins), TensorBoard writes under ``runs/<name>/version_N`` next to the resolved ``config.yaml``. The other command
+groups live in their packages (``python -m panda.data`` … keeps working) and are listed in :data:`COMMANDS`.
+
+A mistake in the configuration or on the command line is reported in one or two lines naming the key, with a
+"did you mean" for a misspelt key (:mod:`panda.cli_errors`); ``--debug`` or ``PANDA_DEBUG=1`` shows everything.
+:func:`parse` reads a configuration the way ``fit`` would, without building anything (tests parse every YAML with
+it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
+import sys
+import warnings
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from panda.errors import ConfigError, debugging, did_you_mean, report_user_errors, strip_debug_flag
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+"""Run by LightningCLI. ``predict`` is not offered: generation is ``panda generate``."""
+
+COMMANDS = {
+    "data": "panda.data.__main__:main",
+    "eval": "panda.eval.__main__:main",
+    "weights": "panda.weights.__main__:main",
+}
+"""Command groups outside LightningCLI: name → ``"module:function"``, the function taking ``argv`` and returning an
+exit status."""
+
+DESCRIPTIONS = {
+    "fit": "train (LightningCLI: --config YAML layers, any key overridable)",
+    "validate": "validation loss, or a benchmark evaluation with configs/eval/*.yaml",
+    "test": "test loss on the data module's test split",
+    "data": "stats | preview | prepare: the training data exactly as fit sees it",
+    "eval": "table: evaluation runs as markdown tables",
+    "weights": "delta-make | delta-apply | export | extend-vocab | ...: weight tools",
+    "generate": "batch generation from a JSON-lines file of prompts or conversations",
+    "chat": "talk to a model in the terminal",
+}
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -34,6 +72,25 @@ class PandaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
 
+    def parse_arguments(self, parser, args) -> None:
+        """jsonargparse's parse, with its usage-and-error message turned into a :class:`ConfigError` of one or two
+        lines (unless debugging); the run's own output is untouched, only the parse is captured."""
+        if debugging():
+            return super().parse_arguments(parser, args)
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):
+                super().parse_arguments(parser, args)
+        except SystemExit as exit_:
+            text = captured.getvalue()
+            if exit_.code in (0, None) or "error:" not in text:
+                sys.stderr.write(text)
+                raise
+            from panda.cli_errors import condense
+
+            raise ConfigError(condense(text)) from None
+        sys.stderr.write(captured.getvalue())
+
 
 class _ParseOnlyCLI(PandaCLI):
     def instantiate_classes(self) -> None:
@@ -44,17 +101,60 @@ def _cli_kwargs() -> dict:
     return {"subclass_mode_model": True, "subclass_mode_data": True, "save_config_kwargs": {"overwrite": True}}
 
 
-def main(args: list[str] | None = None, run: bool = True) -> PandaCLI:
+def lightning(args: list[str], run: bool = True) -> PandaCLI:
+    """Run ``fit``/``validate``/``test`` with ``args`` (the subcommand first) and return the CLI object."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # `panda fit ...` passes its own argv as `args` (no sys.argv swapping); Lightning warns when both are set
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     return PandaCLI(LightningModule, LightningDataModule, args=args, run=run, **_cli_kwargs())
 
 
 def parse(args: list[str]) -> Namespace:
-    """The configuration ``lightning_main.py <args>`` would run with, checked but not instantiated.
+    """The configuration ``panda fit <args>`` would run with, checked but not instantiated.
 
     Args:
-        args: Command-line arguments without the subcommand's program name, e.g.
+        args: Command-line arguments without the subcommand, e.g.
             ``["--config", "configs/base.yaml", "--config", "configs/experiments/panda_7b.yaml"]`` (parsed as
             ``fit``).
     """
     return _ParseOnlyCLI(LightningModule, LightningDataModule, args=args, run=False, **_cli_kwargs()).config
+
+
+def _run_lightning(argv: list[str]) -> int:
+    lightning(argv)
+    return 0
+
+
+def _usage() -> str:
+    names = [*LIGHTNING_COMMANDS, *COMMANDS]
+    width = max(map(len, names))
+    lines = ["usage: panda <command> [options]   (panda <command> --help for each)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {DESCRIPTIONS.get(name, '')}" for name in names]
+    lines += ["", "--debug (or PANDA_DEBUG=1) shows full error messages and tracebacks."]
+    return "\n".join(lines)
+
+
+def command(name: str):
+    """The function behind a command group of :data:`COMMANDS`."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``panda`` console script; returns the exit status."""
+    argv = strip_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name in LIGHTNING_COMMANDS:
+        return report_user_errors(f"panda {name}", lambda: _run_lightning(argv))
+    if name in COMMANDS:
+        return report_user_errors(f"panda {name}", lambda: command(name)(rest))
+    print(f"panda: error: unknown command {name!r}{did_you_mean(name, [*LIGHTNING_COMMANDS, *COMMANDS])}; "
+          f"commands: {', '.join([*LIGHTNING_COMMANDS, *COMMANDS])}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

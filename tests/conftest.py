@@ -47,3 +47,12 @@ def tiny_llama_config(tokenizer):
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+@pytest.fixture(scope="session")
+def stock_llama_dir(tmp_path_factory, chinese_paragraphs):
+    """A tiny LLaMA in the stock ``llama-7b-hf`` layout: tokenizer.model (LLaMA-style, no pad piece), a
+    tokenizer_config.json without pad_token, vocabulary = the 4,000 pieces, ``pad_token_id`` null."""
+    from panda.demo.rehearsal import write_stock_llama
+
+    return write_stock_llama(tmp_path_factory.mktemp("llama-tiny-hf"), chinese_paragraphs)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from panda.cli import main
+from panda.cli import lightning
 from panda.model import PandaLM
+from panda.weights.export import export_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,7 +23,7 @@ def _args(tokenizer_dir, tmp_path, data: list[str]) -> list[str]:
 
 def test_fit_writes_tensorboard_events_and_config(tokenizer_dir, tmp_path):
     data = ["--data", "tests.model.conftest.ContractDataModule"]
-    cli = main(_args(tokenizer_dir, tmp_path, data) + ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
+    cli = lightning(_args(tokenizer_dir, tmp_path, data) + ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
                                                        "--trainer.val_check_interval", "3"])
     assert isinstance(cli.model, PandaLM) and cli.trainer.global_step == 3
     run_dir = Path(cli.trainer.log_dir)
@@ -40,8 +41,13 @@ def test_fast_dev_run_on_panda_data_module(tokenizer_dir, chinese_paragraphs, tm
                                                ensure_ascii=False) + "\n" for t in chinese_paragraphs[200:300]),
                             encoding="utf-8")
     sources = f"[{{name: news, paths: {news}, format: jsonl}}, {{name: sft, paths: {instructions}, format: jsonl}}]"
-    cli = main(_args(tokenizer_dir, tmp_path, data=[]) + ["--data.init_args.sources", sources, "--data.init_args.max_seq_length", "128",
+    cli = lightning(_args(tokenizer_dir, tmp_path, data=[]) + ["--data.init_args.sources", sources, "--data.init_args.max_seq_length", "128",
                        "--data.init_args.batch_size", "2", "--data.init_args.val_fraction", "0.1",
                        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "2"])
     assert cli.trainer.global_step == 2 and cli.model.source_names == ["news", "sft"]
     assert {"train/loss/news", "train/loss/sft", "val/loss"} <= set(cli.trainer.callback_metrics)
+
+    # a model built from a config has no `pretrained` directory: export finds the tokenizer the data module used
+    cli.trainer.save_checkpoint(tmp_path / "run.ckpt")
+    export_checkpoint(tmp_path / "run.ckpt", tmp_path / "hf")
+    assert (tmp_path / "hf" / "tokenizer_config.json").is_file()

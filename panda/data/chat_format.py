@@ -9,10 +9,12 @@ Formats (``name``), shown for ``[user u0, assistant a0, user u1, assistant a1]``
 segments are trained and each is followed by EOS (added by :mod:`panda.data.tokenize`)::
 
     reference   u0 |[ a0] </s> | \\n\\nu1 |[ a1] </s>
-                Panda's released models: no role markers, the reply joined to its prompt by one space (the
-                reference's ``inputs + " " + targets``), turns separated by a blank line.
+                Panda's released models: no role markers, the reply joined to its prompt by ``join`` (the
+                reference's ``inputs + " " + targets``: one space), turns separated by a blank line.
     roles       用户: u0\\n助手: |[ a0] </s> | \\n用户: u1\\n助手: |[ a1] </s>
                 role-marked lines; a system message becomes a leading ``系统: …\\n`` line.
+
+``join`` (a source's ``join:``) opens every reply; the drawings use the reference's ``" "``.
 
 ``multi_turn`` says how the history of a conversation is rendered, as :class:`~panda.data.sources.CorpusSource`
 trains it: ``conversation`` (one example; every reply trained and closed by EOS, so the history at inference carries
@@ -20,12 +22,13 @@ those EOS tokens too) or ``panda_compat`` (the reference's flattening: one examp
 untrained text without EOS, and in the reference format earlier replies are joined by a blank line:
 ``u0\\n\\na0\\n\\nu1 |[ a1]``). Adjacent untrained pieces are always one segment.
 
-**Why the reply starts with a space, and why the template is exact.** Our pipeline tokenizes every segment on its
+**Why a reply should start with a space (``join: " "``), and when the template is exact.** Our pipeline tokenizes every segment on its
 own (the loss mask then comes from the boundaries); the template renders one string that a tokenizer encodes whole.
 The two agree exactly when no BPE merge can cross a segment boundary. Every boundary here is either right after an
 EOS (special tokens split the text before BPE runs) or right before the space that opens a reply: a SentencePiece
 vocabulary (split by whitespace, as LLaMA's) has no piece with ``▁`` after another character, so nothing merges
-across it as long as the text before it does not itself end in whitespace. The dummy prefix our pipeline gives the
+across it as long as the text before it does not itself end in whitespace. With ``join: ""`` a merge can cross
+the prompt/reply boundary (the pipeline never merges there), and the two may differ where one does. The dummy prefix our pipeline gives the
 first segment is rendered as ``bos_token + " "`` (a Metaspace ``prepend_scheme: first`` tokenizer prefixes only the
 string's start, which is ``<s>``). The export checks the equality on probe conversations (:func:`template_mismatch`).
 """
@@ -45,8 +48,8 @@ FORMATS = ("reference", "roles")
 ROLES = ("system", "user", "assistant")
 TURN_SEPARATOR = "\n\n"
 """The reference's separator between conversation turns (and between a history's replies and prompts)."""
-REPLY_PREFIX = " "
-"""Opens every reply: the reference's ``inputs + " " + targets`` (and a boundary BPE never merges across)."""
+REFERENCE_JOIN = " "
+"""The reference's prompt/reply join (``inputs + " " + targets``); a boundary BPE never merges across."""
 USER_MARK, ASSISTANT_MARK, SYSTEM_MARK = "用户: ", "\n助手:", "系统: "
 """The ``roles`` format's markers (plain text: the vocabulary is not extended)."""
 
@@ -67,10 +70,12 @@ class ChatFormat:
         name: ``reference`` (no role markers, as Panda's released models) or ``roles`` (role-marked lines).
         multi_turn: How history is rendered: ``conversation`` (replies closed by EOS) or ``panda_compat`` (the
             reference's flattened history, no EOS).
+        join: Opens every reply (the reference: one space).
     """
 
     name: ChatFormatName = "reference"
     multi_turn: MultiTurn = "conversation"
+    join: str = REFERENCE_JOIN
 
     def __post_init__(self) -> None:
         if self.name not in FORMATS:
@@ -107,9 +112,9 @@ class ChatFormat:
                     separate = after_turn or (leading_separator and index == 0)
                     pieces.append(((TURN_SEPARATOR if separate else "") + content, False))
             elif self.multi_turn == "conversation" or index == last:
-                pieces.append((REPLY_PREFIX + content, True))
+                pieces.append((self.join + content, True))
             else:  # panda_compat history: the reference joins earlier replies with a blank line, untrained
-                pieces.append(((TURN_SEPARATOR if self.name == "reference" else REPLY_PREFIX) + content, False))
+                pieces.append(((TURN_SEPARATOR if self.name == "reference" else self.join) + content, False))
         return _merge_untrained(pieces)
 
     def turn_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
@@ -121,7 +126,7 @@ class ChatFormat:
 
     def reply_text(self, generated: str) -> str:
         """The reply's content from the decoded generated text (the reply prefix removed, if the decoder kept it)."""
-        return generated[len(REPLY_PREFIX):] if generated.startswith(REPLY_PREFIX) else generated
+        return generated[len(self.join):] if self.join and generated.startswith(self.join) else generated
 
     # ---- storage ---------------------------------------------------------------------------------------------
     def as_dict(self) -> dict[str, str]:
@@ -137,8 +142,8 @@ class ChatFormat:
         if isinstance(value, str):
             value = json.loads(value) if value.lstrip().startswith("{") else {"name": value}
         if not isinstance(value, Mapping):
-            raise ChatFormatError(f"stored chat format {value!r}: expected a name or {{'name', 'multi_turn'}}")
-        return cls(**{key: value[key] for key in ("name", "multi_turn") if key in value})
+            raise ChatFormatError(f"stored chat format {value!r}: expected a name or {{'name', 'multi_turn', 'join'}}")
+        return cls(**{key: value[key] for key in ("name", "multi_turn", "join") if key in value})
 
 
 def _merge_untrained(pieces: Segments) -> Segments:
@@ -214,8 +219,9 @@ def chat_template(chat_format: ChatFormat, tokenizer) -> str:
         user = "{% if ns.turns %}{{ '\\n\\n' }}{% endif %}{{ message['content'] }}"
     else:
         user = "{% if ns.turns %}{{ '\\n' }}{% endif %}{{ '用户: ' + message['content'] + '\\n助手:' }}"
-    trained = "{{ ' ' + message['content'] + eos_token }}"
-    history = ("{{ '\\n\\n' + message['content'] }}" if reference else "{{ ' ' + message['content'] }}")
+    join = json.dumps(chat_format.join)  # a JSON string is a Jinja string literal
+    trained = "{{ " + join + " + message['content'] + eos_token }}"
+    history = "{{ '\\n\\n' + message['content'] }}" if reference else "{{ " + join + " + message['content'] }}"
     assistant = f"{{% if loop.last %}}{trained}{{% else %}}{history}{{% endif %}}" if compat else trained
     return (
         "{% set ns = namespace(turns=false) %}" + start
@@ -256,7 +262,15 @@ def template_mismatch(chat_format: ChatFormat, tokenizer, template: str,
 # ---- the format of a training run -------------------------------------------------------------------------------
 
 CONVERSATION_FORMATS = ("coig", "flan", "jsonl")
-"""Corpus formats whose records are prompts with responses (rendered by a chat format); wudao and c4 are text."""
+"""Corpus formats whose records are prompts with responses (rendered by a chat format); wudao and c4 are text.
+A field template (``panda.data.templates``) renders prompts when it has a ``response``, text when it has ``text``."""
+
+
+def _renders_prompts(source) -> bool:
+    template = getattr(source, "field_template", None)
+    if template is not None:
+        return not template.text
+    return source.format in CONVERSATION_FORMATS
 
 
 def training_chat_format(sources) -> ChatFormat | None:
@@ -265,14 +279,15 @@ def training_chat_format(sources) -> ChatFormat | None:
     Raises:
         ChatFormatError: when two sources render conversations differently (one model, one format).
     """
-    chatty = [s for s in sources if s.format in CONVERSATION_FORMATS]
+    chatty = [s for s in sources if _renders_prompts(s)]
     if not chatty:
         return None
-    names = {s.chat_format for s in chatty}
+    names = {(s.chat_format, s.join) for s in chatty}
     multi_turn = {s.multi_turn for s in chatty if s.format == "coig"} or {"conversation"}
     if len(names) > 1 or len(multi_turn) > 1:
-        described = ", ".join(f"{s.name}: {s.chat_format}/{s.multi_turn}" for s in chatty)
+        described = ", ".join(f"{s.name}: {s.chat_format}/{s.multi_turn}/join {s.join!r}" for s in chatty)
         raise ChatFormatError(f"data sources render conversations differently ({described}); a model is prompted "
-                              "in one format, so give every source the same chat_format (and coig the same "
-                              "multi_turn)")
-    return ChatFormat(names.pop(), multi_turn.pop())
+                              "in one format, so give every source the same chat_format and join (and coig the "
+                              "same multi_turn)")
+    (name, join), = names
+    return ChatFormat(name, multi_turn.pop(), join)

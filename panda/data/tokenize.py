@@ -95,7 +95,7 @@ class EncodingStats:
         self.dropped += encoded.dropped
         for seq in encoded.sequences:
             self.tokens += len(seq.input_ids)
-            self.loss_tokens += sum(label != IGNORE_INDEX for label in seq.labels)
+            self.loss_tokens += len(seq.labels) - seq.labels.count(IGNORE_INDEX)
 
     def merge(self, other: EncodingStats) -> None:
         for key, value in asdict(other).items():

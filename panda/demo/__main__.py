@@ -76,11 +76,11 @@ def validation_perplexity(checkpoint: Path | None) -> float:
     """
     from lightning.pytorch import Trainer
 
-    from panda.cli import main as cli_main
+    from panda.cli import lightning
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads `args` only; the demo's own flags are not for it
     try:
-        cli = cli_main([*CONFIGS, "--trainer.logger=false"], run=False)
+        cli = lightning([*CONFIGS, "--trainer.logger=false"], run=False)
     finally:
         sys.argv = argv
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

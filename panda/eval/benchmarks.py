@@ -5,7 +5,10 @@ Three formats, all read exactly as the reference project published them (DESIGN.
 - ``logiqa_v2``: JSON lines ``{"text": context, "question": str, "options": [str, ...], "answer": int}``.
 - ``c3`` (C3-d and C3-m): one JSON array of ``[[line, ...], [{"question", "choice", "answer"}, ...], id]``; the
   context is the lines joined with ``" "``, one question per ``(element, question)`` pair, and the label is the
-  index of the first choice equal to ``answer``.
+  index of the LAST choice equal to ``answer`` — the reference's ``DreamReader`` loops over the choices and keeps
+  overwriting the label. An ``answer`` equal to no choice is kept with ``label = -1`` and scored wrong under every
+  protocol (the reference's label -1 became the letter ``E``, which its ``A|B|C|D`` rule never extracts); it is
+  reported, not dropped. A malformed question skips only itself, never the other questions of its element.
 - ``multiple_choice`` (any other set): JSON lines ``{"context": str (optional), "question": str,
   "options": [str, ...], "answer": int | "A".."Z"}``.
 
@@ -36,7 +39,8 @@ class Question:
         context: The passage or dialogue (may be empty).
         question: The question text.
         options: The choices, in file order (letter ``A`` is ``options[0]``).
-        label: Index of the correct option.
+        label: Index of the correct option; -1 when no option is correct (a C3 answer matching no choice:
+            scored wrong, as the reference did).
         origin: ``"path:line"`` (JSON lines) or ``"path:[element].questions[k]"`` (C3), for reports.
     """
 
@@ -46,22 +50,25 @@ class Question:
     options: tuple[str, ...]
     label: int
     origin: str = ""
+    subject: str = ""
 
     @property
-    def gold_letter(self) -> str:
-        return LETTERS[self.label]
+    def gold_letter(self) -> str | None:
+        """The correct option's letter, or None when no option is correct (``label == -1``)."""
+        return LETTERS[self.label] if self.label >= 0 else None
 
 
 @dataclass(frozen=True)
 class BenchmarkProblem:
-    """A record that could not be read: where it is and what was expected."""
+    """A record that could not be read (or, with ``kept``, was read but is scored wrong): where and why."""
 
     path: str
     location: str
     reason: str
+    kept: bool = False
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.location}: {self.reason}"
+        return f"{self.path}:{self.location}: {self.reason}" + (" (kept, scored wrong)" if self.kept else "")
 
 
 class BadBenchmarkRecordError(ValueError):
@@ -76,8 +83,17 @@ class BenchmarkReport:
     questions: int = 0
     problems: list[BenchmarkProblem] = field(default_factory=list)
 
+    def add(self, path: str, location: str, reason: str, kept: bool = False) -> None:
+        self.problems.append(BenchmarkProblem(path, location, reason, kept))
+
+    @property
+    def skipped(self) -> int:
+        return sum(not problem.kept for problem in self.problems)
+
     def summary(self) -> str:
-        lines = [f"{self.path}: {self.questions} questions, {len(self.problems)} bad records skipped"]
+        kept = len(self.problems) - self.skipped
+        lines = [f"{self.path}: {self.questions} questions, {self.skipped} bad records skipped"
+                 + (f", {kept} kept and scored wrong" if kept else "")]
         lines += [f"  {problem}" for problem in self.problems[:20]]
         if len(self.problems) > 20:
             lines.append(f"  ... and {len(self.problems) - 20} more")
@@ -120,23 +136,21 @@ def _multiple_choice(record) -> tuple[str, str, tuple[str, ...], int]:
     return context, record["question"], options, answer
 
 
-def _c3_element(element) -> list[tuple[str, str, tuple[str, ...], int]]:
+def _c3_question(item, k: int) -> tuple[str, tuple[str, ...], int]:
+    if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+        raise ValueError(f"questions[{k}] must be an object with a string 'question'")
+    options = _check_options(item.get("choice"), f"questions[{k}].choice")
+    matches = [i for i, option in enumerate(options) if option == item.get("answer")]
+    return item["question"], options, matches[-1] if matches else -1
+
+
+def _c3_element(element) -> tuple[str, list]:
     if not (isinstance(element, list) and len(element) >= 2 and isinstance(element[0], list)
             and isinstance(element[1], list)):
         raise ValueError("expected [[context lines], [questions], id]")
     if not all(isinstance(line, str) for line in element[0]):
         raise ValueError("context lines must be strings")
-    context = " ".join(element[0])
-    out = []
-    for k, item in enumerate(element[1]):
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-            raise ValueError(f"questions[{k}] must be an object with a string 'question'")
-        options = _check_options(item.get("choice"), f"questions[{k}].choice")
-        answer = item.get("answer")
-        if answer not in options:
-            raise ValueError(f"questions[{k}].answer {answer!r:.40} is not one of its choices")
-        out.append((context, item["question"], options, options.index(answer)))
-    return out
+    return " ".join(element[0]), element[1]
 
 
 def _json_lines(path: Path):
@@ -166,9 +180,9 @@ def read_benchmark(path: str | Path, format: BenchmarkFormat, *, strict: bool = 
         raise FileNotFoundError(f"benchmark file {path} does not exist")
     questions: list[Question] = []
 
-    def bad(location: str, reason: str) -> None:
-        problem = BenchmarkProblem(str(path), location, reason)
-        if strict:
+    def bad(location: str, reason: str, kept: bool = False) -> None:
+        problem = BenchmarkProblem(str(path), location, reason, kept)
+        if strict and not kept:
             raise BadBenchmarkRecordError(f"{problem} (format {format!r})")
         report.problems.append(problem)
 
@@ -182,11 +196,18 @@ def read_benchmark(path: str | Path, format: BenchmarkFormat, *, strict: bool = 
             raise BadBenchmarkRecordError(f"{path}: C3 files are one JSON array, got {type(elements).__name__}")
         for i, element in enumerate(elements):
             try:
-                parsed = _c3_element(element)
+                context, items = _c3_element(element)
             except ValueError as error:
                 bad(f"[{i}]", str(error))
                 continue
-            for k, (context, question, options, label) in enumerate(parsed):
+            for k, item in enumerate(items):
+                try:
+                    question, options, label = _c3_question(item, k)
+                except ValueError as error:
+                    bad(f"[{i}]", str(error))
+                    continue
+                if label < 0:
+                    bad(f"[{i}]", f"questions[{k}].answer {item.get('answer')!r:.40} is not one of its choices", kept=True)
                 questions.append(Question(len(questions), context, question, options, label,
                                           f"{path}:[{i}].questions[{k}]"))
     elif format in ("logiqa_v2", "multiple_choice"):

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
-from panda.eval.benchmarks import BenchmarkFormat
-from panda.eval.datamodule import prepare_questions, question_length
+from panda.eval.datamodule import Format, prepare_questions, question_length
 from panda.eval.outputs import gather_records, write_outputs
-from panda.eval.scoring import Continuation, Protocol, compute_metrics, make_metrics, score_batch, update_metrics
+from panda.eval.scoring import (Continuation, Protocol, compute_metrics, make_metrics, score_batch, subject_metrics,
+                                update_metrics)
 
 
 class PeriodicEvaluation(Callback):
@@ -50,7 +50,7 @@ class PeriodicEvaluation(Callback):
         model_attribute: Attribute of the LightningModule holding the Hugging Face model.
     """
 
-    def __init__(self, path: str, format: BenchmarkFormat, tokenizer: str, every_n_steps: int = 250,
+    def __init__(self, path: str, format: Format, tokenizer: str, every_n_steps: int = 250,
                  name: str | None = None, protocol: Protocol = "loglik", shots: int = 0, train_path: str | None = None,
                  seed: int = 0, limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 64,
                  continuation: Continuation = "option", model_attribute: str = "model") -> None:
@@ -98,11 +98,13 @@ class PeriodicEvaluation(Callback):
         model.train(was_training)
         results = compute_metrics(metrics)
         records = gather_records(records)
+        results.update(subject_metrics(records, self.protocol))
         step = trainer.global_step
         run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "eval" / self.name / f"step_{step}"  # collective
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({f"eval/{self.name}/{k}": float(v) for k, v in results.items()}, step=step)
+                logger.log_metrics({f"eval/{self.name}/{k}": float(v) for k, v in results.items()
+                                    if isinstance(v, (int, float))}, step=step)
             write_outputs(run_dir, records, {"benchmark": self.name, "step": step, "protocol": self.protocol,
                                              "shots": self.shots, **results})
         self.history.append({"step": step, **results})

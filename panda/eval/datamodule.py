@@ -15,26 +15,43 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from panda.eval.benchmarks import BenchmarkFormat, BenchmarkReport, read_benchmark
+from typing import Literal
+
+from panda.errors import UserError
+from panda.eval.benchmarks import BenchmarkReport, read_benchmark
+from panda.eval.exams import EXAM_FORMATS, prepare_exam
 from panda.eval.prompts import build_prompt, choose_exemplars
 
+Format = Literal["logiqa_v2", "c3", "multiple_choice", "ceval", "cmmlu", "agieval"]
+"""The reference's formats (:mod:`panda.eval.benchmarks`) and the exam suites (:mod:`panda.eval.exams`)."""
 
-def prepare_questions(path: str | Path, format: BenchmarkFormat, *, shots: int = 0, train_path: str | None = None,
-                      train_format: BenchmarkFormat | None = None, seed: int = 0, limit: int | None = None,
+
+def prepare_questions(path: str | Path, format: Format, *, shots: int = 0, train_path: str | None = None,
+                      train_format: Format | None = None, seed: int = 0, limit: int | None = None,
                       strict: bool = False, report: BenchmarkReport | None = None) -> list[dict]:
     """Read a benchmark and build each question's prompt (the dicts :func:`panda.eval.scoring.score_batch` takes).
 
     Args: as :class:`BenchmarkDataModule`; ``report`` receives the bad records skipped (also warned about).
     """
     report = report if report is not None else BenchmarkReport(str(path))
-    questions = read_benchmark(path, format, strict=strict, report=report)
+    if format in EXAM_FORMATS:
+        prepared = prepare_exam(path, format, shots=shots, train_path=train_path, report=report)
+        questions = prepared
+    else:
+        questions = read_benchmark(path, format, strict=strict, report=report)
     if report.problems:
         rank_zero_warn(report.summary())
     if not questions:
         first = f"; first problem: {report.problems[0]}" if report.problems else ""
-        raise ValueError(f"{path}: no question could be read as format {format!r}{first}")
+        raise UserError(f"{path}: no question could be read as format {format!r}{first}")
+    if strict and report.skipped:
+        raise UserError(f"{report.problems[0]} (strict: stopping at the first bad record)")
     if limit is not None:
         questions = questions[:limit]
+    if format in EXAM_FORMATS:
+        rank_zero_info(f"{path}: {len(questions)} questions in {len({q['subject'] for q in questions})} subjects, "
+                       f"{shots}-shot")
+        return questions
     pool = []
     if shots > 0:
         if train_path is None:
@@ -56,7 +73,9 @@ class BenchmarkDataModule(LightningDataModule):
 
     Args:
         path: The benchmark file (given on the command line: ``--data.init_args.path``).
-        format: ``logiqa_v2`` (JSON lines), ``c3`` (C3-d/C3-m JSON array) or ``multiple_choice`` (JSON lines).
+        format: ``logiqa_v2`` (JSON lines), ``c3`` (C3-d/C3-m JSON array), ``multiple_choice`` (JSON lines), or an
+            exam suite — ``ceval``, ``cmmlu``, ``agieval`` — whose ``path`` is a subject file or the split's folder
+            and whose ``train_path`` is the dev folder (:mod:`panda.eval.exams`).
         name: Benchmark name in metric keys, outputs and tables; defaults to the file's stem.
         shots: Exemplars per prompt (0 = the reference's zero-shot protocol).
         train_path: File to draw k-shot exemplars from (required when ``shots > 0``).
@@ -70,8 +89,8 @@ class BenchmarkDataModule(LightningDataModule):
             an out-of-memory error shows at once; outputs are keyed and sorted by question index either way.
     """
 
-    def __init__(self, path: str | None = None, format: BenchmarkFormat = "multiple_choice", name: str | None = None,
-                 shots: int = 0, train_path: str | None = None, train_format: BenchmarkFormat | None = None,
+    def __init__(self, path: str | None = None, format: Format = "multiple_choice", name: str | None = None,
+                 shots: int = 0, train_path: str | None = None, train_format: Format | None = None,
                  seed: int = 0, batch_size: int = 8, limit: int | None = None, strict: bool = False,
                  num_workers: int = 0, sort_by_length: bool = True) -> None:
         super().__init__()

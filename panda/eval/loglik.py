@@ -16,21 +16,20 @@ start of a line: ``encode("\n" + continuation)`` cut after ``encode("\n")`` (``s
 newline is a byte piece that does not merge, and no dummy prefix reaches the continuation). Only if that fails too
 is the continuation encoded on its own (``split = "separate"``). Which rule was used is written out per option.
 
-Sharing the prompt. All options of a question go into ONE row after its prompt, and a tree-shaped attention
-mask lets each option see the prompt and its own earlier tokens only — never another option — with position ids
-restarting after the prompt for every option, so each option is scored exactly as if it followed the prompt
-alone. A batch of questions is one forward: the prompt is computed once, options are not padded to each
-other's length, and the output head runs only at the positions that predict an option token (``_logits_at``)::
+Sharing the prompt (``share_prompt``, the default). The prompts of a batch go through the model ONCE, with a KV
+cache; then every option is a row of its own on a copy of its question's cached prompt, so each option is scored
+exactly as if it followed the prompt alone, the prompt is computed once per question and the output head runs only
+at the positions that predict an option token (``_logits_at``)::
 
-    row   [pad pad | p p p p | a a | b b b | c]          prompt once, then options a, b, c
-    pos    0   0     0 1 2 3   4 5   4 5 6   4
-    mask   option tokens attend to p… and to their own option (causal); pads attend only to themselves
+    prompts (Q, Tp), right-padded, no mask    [p p p p p .]  [p p p .. .]      → cache (Q, H, Tp, D) + last logits
+    options (R_g, L_g) per length group       [a a . .] [b b b b]  [c .]       each row on its question's cache
 
-This needs an attention kernel that takes a 4D mask (eager, sdpa: the 4D mask is passed through untouched in
-transformers 5; an additive mask, built once per batch, for eager and for sdpa on CPU, a bool one for sdpa
-elsewhere). With flash-attention kernels, or with ``share_prompt=False``, each ``prompt + option`` is its own
-left-padded row in one forward (logits again only where a continuation token is predicted) — the prompt is then
-computed once per option.
+The prompts are right-padded so that causal attention alone keeps the pads out (no mask: SDPA's fast causal
+kernel); the option rows carry a 2D mask that hides the prompts' pads in the cache. Options are grouped by length
+(:func:`length_groups`), so one long option does not pad every other one to its length. Only 2D masks are used,
+so every attention kernel (eager, sdpa, flash) takes this path. With ``share_prompt=False`` each
+``prompt + option`` is its own left-padded row in one forward (logits again only where a continuation token is
+predicted) — the prompt is then computed once per option.
 
 Log-probs are normalised in float32 a block of rows at a time and summed per option in float64, so a long
 continuation's total carries no float32 rounding drift.
@@ -42,12 +41,8 @@ from collections.abc import Sequence
 
 import torch
 
-from panda.eval.generation import left_pad
+from panda.eval.generation import fill_id, left_pad
 from panda.eval.loading import encode, encode_many
-
-TREE_ATTENTION = ("eager", "sdpa")
-"""Attention kernels that take an arbitrary 4D mask (flash kernels cannot: they score prompt + option rows)."""
-
 
 def _split_after(tokenizer, prefix: str, text: str, prefix_ids: list[int]) -> list[int] | None:
     joint = encode(tokenizer, prefix + text)
@@ -93,7 +88,8 @@ def _owner_sums(picked: torch.Tensor, owner: torch.Tensor, count: int) -> torch.
     return torch.zeros(count, dtype=torch.float64, device=picked.device).index_add_(0, owner, picked.double())
 
 
-def _logits_at(model, rows: torch.Tensor, columns: torch.Tensor, logits_to_keep: int, **inputs) -> torch.Tensor:
+def _logits_at(model, rows: torch.Tensor, columns: torch.Tensor, logits_to_keep: int, return_output: bool = False,
+               **inputs):
     """Logits (N, V) at the kept positions ``(rows[n], columns[n])`` only, ``columns`` indexing the last
     ``logits_to_keep`` positions.
 
@@ -105,7 +101,9 @@ def _logits_at(model, rows: torch.Tensor, columns: torch.Tensor, logits_to_keep:
     """
     head = model.get_output_embeddings()
     if head is None:
-        return model(**inputs, logits_to_keep=logits_to_keep).logits[rows, columns]
+        output = model(**inputs, logits_to_keep=logits_to_keep)
+        output.logits = output.logits[rows, columns]
+        return output if return_output else output.logits
     gathered = []
 
     def gather(module, args):
@@ -117,73 +115,88 @@ def _logits_at(model, rows: torch.Tensor, columns: torch.Tensor, logits_to_keep:
 
     handle = head.register_forward_pre_hook(gather)
     try:
-        logits = model(**inputs, logits_to_keep=logits_to_keep).logits
+        output = model(**inputs, logits_to_keep=logits_to_keep)
     finally:
         handle.remove()
-    return logits if gathered else logits[rows, columns]
+    if not gathered:
+        output.logits = output.logits[rows, columns]
+    return output if return_output else output.logits
 
 
-def _tree_layout(context_ids, rows, row_question, pad_id):
-    """Row layout of :func:`_tree_sums` as tensors; see the module docstring.
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """``input_ids`` (B, T), rows left-aligned and filled with ``pad_id`` after their end."""
+    ids = torch.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids
 
-    Returns ``(ids, position_ids, branch, keep, question, predictor, target, owner)``: ``(Q, T)`` ids and position
-    ids; ``branch`` (Q, T) is 0 on the prompt, ``r + 1`` on option r's tokens and a distinct negative number on each
-    pad; the scored tokens (N,) as the question's row, the kept index that predicts them, their id, their option.
-    Built with list operations (whole ranges at a time) and one tensor per output: a batch has few rows, and a
-    handful of small tensor ops would cost more than the lists.
+
+GROUP_OVERHEAD_TOKENS = 256
+"""Padded option tokens one more forward is worth (its fixed cost on CPU), for :func:`length_groups`."""
+
+
+def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Row indices split into forwards of similar length: sorted by length, cut where padding every row of a
+    group to its longest costs more than another forward (exact, by dynamic programming over the sorted rows)."""
+    order = sorted(range(len(lengths)), key=lambda r: lengths[r])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the j shortest rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):
+            cost = best[i] + overhead + (j - i) * lengths[order[j - 1]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _cached_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
+    """The prompts' forward once, with a KV cache; then the options as rows on copies of their question's cache.
+
+    Only 2D masks, so any attention kernel works. The prompts (Q, Tp) are left-padded and only the last position's
+    logits are kept (they predict every option's first token). The options are right-padded (R_g, L_g) in groups
+    of similar length (:func:`length_groups`), so a long option does not pad every other one to its length; a real
+    token never looks forward, so the pads behind it need no masking.
     """
-    tails: list[list[int]] = [[] for _ in context_ids]  # the question's options, concatenated
-    positions: list[list[int]] = [list(range(len(prompt))) for prompt in context_ids]
-    branches: list[list[int]] = [[0] * len(prompt) for prompt in context_ids]
-    starts = []  # per option row: offset of its first token inside its question's tail
-    for r, (q, row) in enumerate(zip(row_question, rows)):
-        starts.append(len(tails[q]))
-        tails[q].extend(row)
-        positions[q].extend(range(len(context_ids[q]), len(context_ids[q]) + len(row)))
-        branches[q].extend([r + 1] * len(row))
-    width = max(len(prompt) + len(tail) for prompt, tail in zip(context_ids, tails))
-    keep = max(len(tail) for tail in tails) + 1  # the tails and the last prompt position
-    pads = [width - len(prompt) - len(tail) for prompt, tail in zip(context_ids, tails)]
-    ids = torch.tensor([[pad_id] * n + prompt + tail for n, prompt, tail in zip(pads, context_ids, tails)])
-    position_ids = torch.tensor([[0] * n + pos for n, pos in zip(pads, positions)])
-    branch = torch.tensor([list(range(-1, -1 - n, -1)) + br for n, br in zip(pads, branches)])
-    # Option token j sits at kept index keep - len(tail) + start + j; it is predicted one position earlier, the
-    # first token by the prompt's last position (keep - len(tail) - 1), never by the previous option.
-    question, predictor, target, owner = [], [], [], []
-    for r, (q, row) in enumerate(zip(row_question, rows)):
-        tail_at = keep - len(tails[q])
-        first = tail_at + starts[r]
-        question.extend([q] * len(row))
-        predictor.append(tail_at - 1)
-        predictor.extend(range(first, first + len(row) - 1))
-        target.extend(row)
-        owner.extend([r] * len(row))
-    return (ids, position_ids, branch, keep, torch.tensor(question), torch.tensor(predictor), torch.tensor(target),
-            torch.tensor(owner))
+    from transformers import DynamicCache
 
-
-def _tree_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
-    """One forward over ``[prompt | option 1 | option 2 | …]`` rows with a tree mask (see module docstring)."""
-    ids, position_ids, branch, keep, question, predictor, target, owner = _tree_layout(
-        context_ids, rows, row_question, pad_id)
-    width = ids.shape[1]
-    branch = branch.to(device)
-    # A query sees earlier keys of the prompt or of its own option; a pad (its own negative branch) only itself.
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # (T, T)
-    key = branch[:, None, :]  # (Q, 1, T)
-    allowed = (causal & ((key == 0) | (key == branch[:, :, None])))[:, None]  # (Q, 1, T, T)
-    dtype = next(model.parameters()).dtype
-    if model.config._attn_implementation == "eager" or allowed.device.type == "cpu":
-        # additive mask, built once per batch (sdpa would otherwise turn the bool mask into one in every layer);
-        # eager needs finite values, sdpa's own conversion of a bool mask uses -inf
-        fill = torch.finfo(dtype).min if model.config._attn_implementation == "eager" else float("-inf")
-        attention_mask = torch.where(allowed, torch.tensor(0.0, dtype=dtype, device=device),
-                                     torch.tensor(fill, dtype=dtype, device=device))
-    else:
-        attention_mask = allowed
-    logits = _logits_at(model, question.to(device), predictor.to(device), keep, input_ids=ids.to(device),
-                        attention_mask=attention_mask, position_ids=position_ids.to(device))  # (N, V)
-    return _owner_sums(_picked_logprobs(logits, target.to(device)), owner.to(device), len(rows))
+    prompt_lengths = torch.tensor([len(ids) for ids in context_ids], device=device)  # (Q,)
+    prompt_ids = right_pad(context_ids, pad_id).to(device)  # (Q, Tp)
+    prompt_mask = (torch.arange(prompt_ids.shape[1], device=device) < prompt_lengths[:, None]).long()
+    # no mask: pads sit after every real token, so causal attention alone keeps them out (and SDPA's causal
+    # kernel is the fast one); only each prompt's last real position goes through the output head
+    out = _logits_at(model, torch.arange(len(context_ids), device=device), prompt_lengths - 1, prompt_ids.shape[1],
+                     input_ids=prompt_ids, use_cache=True, return_output=True)
+    prompt_cache = [(keys, values) for keys, values, *_ in out.cache]  # per layer (Q, H, Tp, D)
+    first = out.logits  # (Q, V): predicts the first token of each of the question's options
+    question_of = torch.tensor(row_question, device=device)  # (R,)
+    sums = torch.zeros(len(rows), dtype=torch.float64, device=device)
+    for group in length_groups([len(row) for row in rows]):
+        index = torch.tensor(group, device=device)
+        questions = question_of[index]  # (G,)
+        lengths = torch.tensor([len(rows[r]) for r in group], device=device)
+        width = int(lengths.max())
+        option_ids = right_pad([rows[r] for r in group], pad_id).to(device)  # (G, L)
+        owner = torch.repeat_interleave(torch.arange(len(group), device=device), lengths)  # (N,)
+        within = torch.arange(int(lengths.sum()), device=device) - (torch.cumsum(lengths, 0) - lengths)[owner]
+        targets = option_ids[owner, within]
+        picked = torch.empty(len(owner), dtype=torch.float32, device=device)
+        starts = within == 0  # token 0 is predicted by the prompt's last position, token j by option position j-1
+        picked[starts] = _picked_logprobs(first[questions[owner[starts]]], targets[starts])
+        if (~starts).any():
+            cache = DynamicCache(ddp_cache_data=[(k[questions], v[questions]) for k, v in prompt_cache],
+                                 config=model.config)
+            option_mask = (torch.arange(width, device=device) < lengths[:, None]).long()
+            logits = _logits_at(model, owner[~starts], within[~starts] - 1, width, input_ids=option_ids,
+                                attention_mask=torch.cat([prompt_mask[questions], option_mask], dim=1),
+                                position_ids=prompt_lengths[questions, None] + torch.arange(width, device=device),
+                                cache=cache)  # (N - G, V)
+            picked[~starts] = _picked_logprobs(logits, targets[~starts])
+        sums[index] = _owner_sums(picked, owner, len(group))
+    return sums
 
 
 def _joint_row_sums(model, context_ids, rows, row_question, pad_id, device) -> torch.Tensor:
@@ -231,9 +244,8 @@ def score_options(model, tokenizer, contexts: Sequence[str], continuations: Sequ
         row_question.append(q)
         splits.append(split)
     device = next(model.parameters()).device
-    tree = share_prompt and model.config._attn_implementation in TREE_ATTENTION
-    score = _tree_sums if tree else _joint_row_sums
-    sums = score(model, context_ids, rows, row_question, tokenizer.pad_token_id, device).tolist()
+    score = _cached_sums if share_prompt else _joint_row_sums
+    sums = score(model, context_ids, rows, row_question, fill_id(tokenizer), device).tolist()
     results: list[list[dict]] = [[] for _ in contexts]
     for r, q in enumerate(row_question):
         option = continuations[q][len(results[q])]

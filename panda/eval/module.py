@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from panda.eval.loading import Dtype, load_model_and_tokenizer
 from panda.eval.outputs import gather_records, write_outputs
-from panda.eval.scoring import Continuation, Protocol, compute_metrics, make_metrics, score_batch, update_metrics
+from panda.eval.scoring import (Continuation, Protocol, compute_metrics, make_metrics, score_batch, subject_metrics,
+                                update_metrics)
 
 
 class MultipleChoiceEvaluator(LightningModule):
@@ -34,6 +35,8 @@ class MultipleChoiceEvaluator(LightningModule):
         protocol: ``generate`` (the reference: greedy decoding, first ``A|B|C|D``), ``loglik`` (option
             log-likelihoods, ``acc`` and ``acc_norm``), or ``both``.
         max_new_tokens: Generation budget of the generative protocol (the reference used 64).
+        max_prompt_tokens: Generation prompts keep only their first this many tokens, as the reference's
+            ``truncation=True, max_length=2048`` did (a warning names how many were cut); None keeps them whole.
         continuation: What the log-likelihood protocol scores after the prompt: the ``option`` texts
             (lm-evaluation-harness style; ``acc_norm`` matters) or the ``letter`` s (then ``acc_norm == acc``).
         share_prompt: Score all options of a question in one row after a single copy of the prompt (tree attention
@@ -44,12 +47,14 @@ class MultipleChoiceEvaluator(LightningModule):
     """
 
     def __init__(self, model: str | None = None, tokenizer: str | None = None, protocol: Protocol = "both",
-                 max_new_tokens: int = 64, continuation: Continuation = "option", share_prompt: bool = True,
-                 dtype: Dtype = "auto", trust_remote_code: bool = False, label: str | None = None) -> None:
+                 max_new_tokens: int = 64, max_prompt_tokens: int | None = 2048, continuation: Continuation = "option",
+                 share_prompt: bool = True, dtype: Dtype = "auto", trust_remote_code: bool = False,
+                 label: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_path, self.tokenizer_path = model, tokenizer
         self.protocol, self.max_new_tokens, self.continuation = protocol, max_new_tokens, continuation
+        self.max_prompt_tokens = max_prompt_tokens
         self.share_prompt, self.dtype_name, self.trust_remote_code = share_prompt, dtype, trust_remote_code
         self.label = label or (model_label(model) if model else None)
         self.model = None
@@ -85,22 +90,24 @@ class MultipleChoiceEvaluator(LightningModule):
     def _step(self, batch: list[dict]) -> None:
         records = score_batch(self.model, self.tokenizer, batch, protocol=self.protocol,
                               max_new_tokens=self.max_new_tokens, continuation=self.continuation,
-                              share_prompt=self.share_prompt)
+                              share_prompt=self.share_prompt, max_prompt_tokens=self.max_prompt_tokens)
         update_metrics(self._named_metrics(), records)
         self.records.extend(records)
 
     def _finish(self) -> None:
         metrics = compute_metrics(self._named_metrics())
         records = gather_records(self.records)
+        by_subject = subject_metrics(records, self.protocol)  # the same on every rank: records are gathered
         benchmark = self._benchmark()
-        self.log_dict({f"eval/{benchmark}/{k}": float(v) for k, v in metrics.items()}, sync_dist=True)
+        logged = {**metrics, **{k: v for k, v in by_subject.items() if k != "subjects"}}
+        self.log_dict({f"eval/{benchmark}/{k}": float(v) for k, v in logged.items()}, sync_dist=True)
         datamodule = getattr(self.trainer, "datamodule", None)
         self.results = {
             "benchmark": benchmark, "model": self.label, "model_path": self.model_path,
             "data_path": getattr(datamodule, "path", None), "shots": getattr(datamodule, "shots", None),
-            "skipped_records": len(getattr(getattr(datamodule, "report", None), "problems", [])),
+            **report_counts(getattr(datamodule, "report", None)),
             "protocol": self.protocol, "max_new_tokens": self.max_new_tokens, "continuation": self.continuation,
-            **metrics,
+            **metrics, **by_subject,
         }
         run_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a collective call: every rank asks
         if self.trainer.is_global_zero:
@@ -125,6 +132,13 @@ class MultipleChoiceEvaluator(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish()
+
+
+def report_counts(report) -> dict:
+    """``skipped_records`` (unreadable, not scored) and ``unanswerable`` (kept, scored wrong) of a read."""
+    if report is None:
+        return {"skipped_records": 0, "unanswerable": 0}
+    return {"skipped_records": report.skipped, "unanswerable": len(report.problems) - report.skipped}
 
 
 def model_label(path: str) -> str:

@@ -48,7 +48,7 @@ def choose_exemplars(question: Question, pool: Sequence[Question], shots: int, s
     """``shots`` exemplars for ``question`` drawn from ``pool`` without replacement, seeded per question.
 
     A pool entry with the same context, question and options as ``question`` is never chosen (a train file that
-    overlaps the evaluated set must not leak the answer).
+    overlaps the evaluated set must not leak the answer), nor one without a correct option (``label == -1``).
 
     Args:
         question: The question being asked.
@@ -59,7 +59,7 @@ def choose_exemplars(question: Question, pool: Sequence[Question], shots: int, s
     if shots <= 0:
         return []
     key = (question.context, question.question, question.options)
-    candidates = [c for c in pool if (c.context, c.question, c.options) != key]
+    candidates = [c for c in pool if (c.context, c.question, c.options) != key and c.label >= 0]
     if len(candidates) < shots:
         raise ValueError(f"{shots}-shot prompts need at least {shots} exemplars besides the question itself; "
                          f"the train file has {len(candidates)} for {question.origin}")

@@ -12,14 +12,13 @@ from __future__ import annotations
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from panda.eval.benchmarks import BenchmarkFormat
-from panda.eval.datamodule import BenchmarkDataModule
+from panda.eval.datamodule import BenchmarkDataModule, Format
 from panda.eval.loading import Dtype
 from panda.eval.module import MultipleChoiceEvaluator
 from panda.eval.scoring import Continuation, Protocol
 
 
-def evaluate(model: str, benchmark_path: str, format: BenchmarkFormat, protocol: Protocol = "both", *,
+def evaluate(model: str, benchmark_path: str, format: Format, protocol: Protocol = "both", *,
              tokenizer: str | None = None, name: str | None = None, shots: int = 0, train_path: str | None = None,
              seed: int = 0, limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 64,
              continuation: Continuation = "option", output_dir: str = "runs/eval", label: str | None = None,

@@ -11,11 +11,15 @@ This is the single code path behind ``lightning_main.py validate``
 and its record keeps everything needed to recompute the result without the model::
 
     {"index": 7, "origin": …, "gold": "B", "prompt": <the exact generation prompt = log-likelihood context>,
-     "prompt_tokens": 312,
+     "prompt_tokens": 312, "subject": "…" (exam suites only),
      "generate": {"generated": "B。因为…", "prediction": "B", "correct": true},
      "loglik": {"options": [{"continuation", "logprob", "tokens", "chars", "split"}, …],
                 "prediction": "B", "prediction_norm": "A", "correct": true, "correct_norm": false}}
 
+``gold`` is None for a question none of whose options is correct (a C3 answer matching no choice): it is scored
+wrong under both protocols, as the reference scored it. The generation prompt is cut to its first
+``max_prompt_tokens`` tokens (the reference's 2048) while the log-likelihood context is not (it is our protocol;
+the over-length warning below says which prompts exceed the model's positions).
 ``tokens`` counts the continuation's tokens, ``chars`` its characters (the ``acc_norm`` divisor), ``split`` how it
 was tokenized after the prompt (``joint``, ``after_newline`` or ``separate``, see :mod:`panda.eval.loglik`).
 """
@@ -29,7 +33,7 @@ from typing import Literal
 import torch
 
 from panda.eval.benchmarks import LETTERS
-from panda.eval.generation import generate_answers
+from panda.eval.generation import REFERENCE_MAX_PROMPT_TOKENS, generate_answers
 from panda.eval.loading import encode_many
 from panda.eval.loglik import choose, score_options
 from panda.eval.metrics import QuestionMean
@@ -55,18 +59,21 @@ def continuations(question: dict, continuation: Continuation) -> list[str]:
 
 
 def score_batch(model, tokenizer, questions: Sequence[dict], *, protocol: Protocol = "both",
-                max_new_tokens: int = 64, continuation: Continuation = "option",
-                share_prompt: bool = True) -> list[dict]:
+                max_new_tokens: int = 64, continuation: Continuation = "option", share_prompt: bool = True,
+                max_prompt_tokens: int | None = REFERENCE_MAX_PROMPT_TOKENS) -> list[dict]:
     """Score ``questions`` with ``model`` (a Hugging Face causal LM in eval mode); one record per question."""
     prompts = [q["prompt"] for q in questions]
     prompt_ids = encode_many(tokenizer, prompts)  # once, for the token counts and both protocols
-    records = [{"index": q["index"], "origin": q.get("origin", ""), "gold": LETTERS[q["label"]],
-                "prompt": q["prompt"], "prompt_tokens": len(ids)} for q, ids in zip(questions, prompt_ids)]
+    records = [{"index": q["index"], "origin": q.get("origin", ""),
+                "gold": LETTERS[q["label"]] if q["label"] >= 0 else None, "prompt": q["prompt"],
+                "prompt_tokens": len(ids), **({"subject": q["subject"]} if q.get("subject") else {})}
+               for q, ids in zip(questions, prompt_ids)]
     if "generate" in protocols(protocol):
-        answers = generate_answers(model, tokenizer, prompts, [len(q["options"]) for q in questions],
-                                   max_new_tokens, prompt_ids=prompt_ids)
+        answers = generate_answers(model, tokenizer, prompts, max_new_tokens, prompt_ids=prompt_ids,
+                                   max_prompt_tokens=max_prompt_tokens)
         for record, answer in zip(records, answers):
-            record["generate"] = {**answer, "correct": answer["prediction"] == record["gold"]}
+            record["generate"] = {**answer, "correct": record["gold"] is not None
+                                  and answer["prediction"] == record["gold"]}
     if "loglik" in protocols(protocol):
         scores = score_options(model, tokenizer, prompts, [continuations(q, continuation) for q in questions],
                                share_prompt=share_prompt, context_ids=prompt_ids)
@@ -100,18 +107,42 @@ def make_metrics(protocol: Protocol) -> dict[str, QuestionMean]:
     return {name: QuestionMean() for p in protocols(protocol) for name in METRIC_NAMES[p]}
 
 
+OUTCOMES = {
+    "generate/acc": lambda r: r["generate"]["correct"],
+    "generate/unparseable_rate": lambda r: r["generate"]["prediction"] is None,
+    "loglik/acc": lambda r: r["loglik"]["correct"],
+    "loglik/acc_norm": lambda r: r["loglik"]["correct_norm"],
+}
+"""Each reported number's per-question outcome (0/1), read from a record."""
+
+
 def update_metrics(metrics: dict[str, QuestionMean], records: Sequence[dict]) -> None:
     """Feed the records' per-question outcomes to the metrics made by :func:`make_metrics`."""
     index = torch.tensor([r["index"] for r in records])
-    values = {
-        "generate/acc": lambda r: r["generate"]["correct"],
-        "generate/unparseable_rate": lambda r: r["generate"]["prediction"] is None,
-        "loglik/acc": lambda r: r["loglik"]["correct"],
-        "loglik/acc_norm": lambda r: r["loglik"]["correct_norm"],
-    }
     for name, metric in metrics.items():
-        metric.update(index.to(metric.device), torch.tensor([float(values[name](r)) for r in records],
+        metric.update(index.to(metric.device), torch.tensor([float(OUTCOMES[name](r)) for r in records],
                                                             device=metric.device))
+
+
+def subject_metrics(records: Sequence[dict], protocol: Protocol) -> dict:
+    """Per-subject accuracy of an exam suite and its plain mean over subjects (empty without subjects).
+
+    ``records`` are the merged records of all ranks (each question once). Returns ``{"subjects": {subject:
+    {"count", metric: value}}, "subject_mean/<metric>": …}`` — the suites' published averages are means over
+    subjects (CMMLU's ``get_results``); the question-weighted numbers are the top-level metrics.
+    """
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("subject"):
+            groups.setdefault(record["subject"], []).append(record)
+    if not groups:
+        return {}
+    names = [name for p in protocols(protocol) for name in METRIC_NAMES[p]]
+    subjects = {subject: {"count": len(group), **{name: sum(map(OUTCOMES[name], group)) / len(group)
+                                                  for name in names}}
+                for subject, group in sorted(groups.items())}
+    means = {f"subject_mean/{name}": sum(s[name] for s in subjects.values()) / len(subjects) for name in names}
+    return {"subjects": subjects, **means}
 
 
 def compute_metrics(metrics: dict[str, QuestionMean]) -> dict[str, float | int]:

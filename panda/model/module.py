@@ -37,18 +37,33 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from panda.constants import IGNORE_INDEX
 from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, training_chat_format
-from panda.model.attention import packed_forward_kwargs
+from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
+    resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
     trainable_state_dict
 from panda.training.guards import raise_if_not_finite, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
 
-AttnImplementation = Literal["eager", "sdpa", "flash_attention_2"]
+LOSS_CHUNK_TOKENS = 2048
+"""Tokens whose logits are computed at once in the training loss: one chunk's fp32 (N, V) logits and their gradient
+are all that exists of the output layer's activations (at 7B: 2048 × 32001 × 4 B = 262 MB, not ≈1 GB per
+micro-batch of 4 × 2048 tokens for the logits alone)."""
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` labels → ``(B, T)`` targets: ``targets[t] = labels[t + 1]``, ``IGNORE_INDEX`` at the last position.
+
+    Shifting the (B, T) labels instead of the (B, T, V) logits means no slice of the logits is ever copied.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
 
 
 def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy of next-token prediction, and which positions count.
+    """Per-position cross-entropy of next-token prediction from full logits, and which positions count.
+
+    The reference form (evaluation, distillation, tests); training uses :func:`chunked_causal_lm_losses`, which
+    never holds the full logits.
 
     Args:
         logits: ``(B, T, V)`` model output.
@@ -58,12 +73,48 @@ def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         ``(B, T - 1)`` losses (0 where ignored) and the ``(B, T - 1)`` boolean mask of trained positions; position
         ``t`` is the prediction of token ``t + 1``.
     """
-    targets = labels[:, 1:]  # (B, T-1)
-    predictions = logits[:, :-1].float()  # (B, T-1, V)
-    # flattened (N, V) rows: ~40 % faster on CPU than cross_entropy over a transposed (B, V, T-1) view
-    losses = F.cross_entropy(predictions.reshape(-1, predictions.size(-1)), targets.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)  # (B, T-1)
-    return losses, targets != IGNORE_INDEX
+    targets = next_token_targets(labels)  # (B, T)
+    # flattened (N, V) rows: ~40 % faster on CPU than cross_entropy over a transposed (B, V, T) view
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)  # (B, T)
+    return losses[:, :-1], targets[:, :-1] != IGNORE_INDEX
+
+
+def _chunk_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")  # (N,): (N, V) logits live only here
+
+
+def chunked_causal_lm_losses(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                             chunk_tokens: int = LOSS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`causal_lm_losses` from the last hidden states, computing the output layer a chunk at a time.
+
+    Only positions that are trained get logits at all (a masked prompt or the padding costs nothing). Each chunk's
+    logits are recomputed in backward (non-reentrant checkpointing through ``head``, so DeepSpeed ZeRO-3's and
+    peft's module hooks still run), so the fp32 ``(B, T, V)`` logits and their gradient never exist: the price is
+    one more output-layer forward per trained token.
+
+    Args:
+        hidden: ``(B, T, C)`` final hidden states (after the last norm).
+        head: The output projection (``lm_head``).
+        labels: ``(B, T)`` unshifted labels.
+        chunk_tokens: Tokens per chunk.
+
+    Returns:
+        As :func:`causal_lm_losses`: ``(B, T - 1)`` losses (0 where ignored) and the mask of trained positions.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    targets = next_token_targets(labels)  # (B, T)
+    trained = targets != IGNORE_INDEX
+    index = trained.view(-1).nonzero().squeeze(1)  # (N,) trained positions of the flattened batch
+    states = hidden.reshape(-1, hidden.size(-1)).index_select(0, index)  # (N, C)
+    wanted = targets.view(-1).index_select(0, index)  # (N,)
+    pieces = [checkpoint(_chunk_losses, head, h, t, use_reentrant=False) if torch.is_grad_enabled()
+              else _chunk_losses(head, h, t)
+              for h, t in zip(states.split(chunk_tokens), wanted.split(chunk_tokens))]
+    kept = torch.cat(pieces) if pieces else states.float().sum(-1)  # (0,), still part of the graph
+    losses = kept.new_zeros(targets.numel()).index_put((index,), kept).view_as(targets)  # (B, T)
+    return losses[:, :-1], trained[:, :-1]
 
 
 def loss_by_source(losses: torch.Tensor, trained: torch.Tensor, source_ids: torch.Tensor,
@@ -71,7 +122,7 @@ def loss_by_source(losses: torch.Tensor, trained: torch.Tensor, source_ids: torc
     """Sum of losses and count of trained tokens per source.
 
     Args:
-        losses: ``(B, T-1)`` per-position losses from :func:`causal_lm_losses`.
+        losses: ``(B, T-1)`` per-position losses from :func:`causal_lm_losses` (or its chunked form).
         trained: ``(B, T-1)`` mask of trained positions.
         source_ids: ``(B, T)`` source index per token (``-1`` on padding); a prediction belongs to the source of
             the token it predicts.
@@ -100,10 +151,13 @@ class PandaLM(LightningModule):
             is the peak learning rate.
         lr_schedule: Decay after warmup: ``linear`` (the reference), ``cosine`` or ``constant``.
         warmup_fraction: Share of the optimizer steps spent in linear warmup (Panda: 0.01).
+        warmup_steps: Warmup as a number of optimizer steps instead of a share (the reference's Flan-LLaMA and
+            LLaMA-2 configs: 100 and 500); ``None`` uses ``warmup_fraction``.
         activation_checkpointing: Recompute each decoder layer's activations in backward (non-reentrant), trading
             ~30 % more compute for memory that no longer grows with the number of layers.
-        attn_implementation: ``sdpa`` or ``eager`` (CPU and any GPU; packed documents are separated by a
-            block-diagonal mask) or ``flash_attention_2`` (GPU; separated by position ids).
+        attn_implementation: How packed documents are kept apart (see :mod:`panda.model.attention`): ``auto``
+            picks the fastest exact path for the device when the run starts (``document_sdpa`` on CPU, a flash
+            varlen kernel on a GPU in bf16/fp16) and logs it; ``sdpa``/``eager`` use a dense mask.
         load_dtype: Dtype of the weights as loaded/built; ``bfloat16`` halves host memory for 7B+ models under a
             bf16 DeepSpeed strategy (which keeps fp32 master weights in the optimizer); keep ``float32`` otherwise.
         lora: LoRA adapters to train instead of the full model; ``None`` trains without adapters.
@@ -120,8 +174,9 @@ class PandaLM(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: LRSchedule = "linear",
         warmup_fraction: float = 0.01,
+        warmup_steps: int | None = None,
         activation_checkpointing: bool = False,
-        attn_implementation: AttnImplementation = "sdpa",
+        attn_implementation: AttnImplementation = "auto",
         load_dtype: Literal["float32", "bfloat16"] = "float32",
         lora: LoraSettings | None = None,
         trainable: Trainable = "all",
@@ -138,12 +193,17 @@ class PandaLM(LightningModule):
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_fraction = warmup_fraction
-        self.attn_implementation = attn_implementation
+        self.warmup_steps = warmup_steps
         self.lora = lora
         self.trainable = trainable
         self.monitor_throughput = monitor_throughput
 
-        model = build_llama(pretrained, config, attn_implementation, getattr(torch, load_dtype))
+        if attn_implementation == "flash_attention_2":
+            resolve_attn_implementation(attn_implementation, "cuda", "bf16-mixed")  # a missing package, named now
+        build_with = resolve_attn_implementation(attn_implementation, "cpu") if attn_implementation == "auto" \
+            else attn_implementation  # a CUDA-only kernel is checked against the device in setup()
+        self.attn_implementation = build_with
+        model = build_llama(pretrained, config, build_with, getattr(torch, load_dtype))
         model.config.use_cache = False
         if activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -184,6 +244,17 @@ class PandaLM(LightningModule):
             rank_zero_warn("model.load_dtype=bfloat16 without a DeepSpeed strategy: the optimizer updates bf16 "
                            "weights directly (no fp32 master copy); use float32 or a DeepSpeed strategy")
         self.flops_per_token, self.forward_flops_per_token = self._flops_per_token()
+        self._choose_attention()
+
+    def _choose_attention(self) -> None:
+        """Resolve ``attn_implementation`` for the device and precision the run uses, and say which path runs."""
+        device, precision = self.trainer.strategy.root_device.type, str(self.trainer.precision)
+        chosen = resolve_attn_implementation(self.hparams.attn_implementation, device, precision)
+        if chosen != self.hf_model.config._attn_implementation:
+            self.hf_model.set_attn_implementation(chosen)
+        self.attn_implementation = chosen
+        rank_zero_info(f"attention: {chosen} — {describe(chosen)} (model.attn_implementation="
+                       f"{self.hparams.attn_implementation}, {device}, precision {precision})")
 
     def configure_callbacks(self):
         if not self.monitor_throughput:
@@ -199,7 +270,8 @@ class PandaLM(LightningModule):
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer(parameters)
-        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction)
+        self.schedule_plan = plan_schedule(self.trainer.estimated_stepping_batches, self.warmup_fraction,
+                                           warmup_steps=self.warmup_steps)
         world = self.trainer.world_size
         accumulation = self.trainer.accumulate_grad_batches
         rank_zero_info(
@@ -210,12 +282,19 @@ class PandaLM(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------- loss
+    def _model_kwargs(self, batch: dict[str, torch.Tensor]) -> dict:
+        dtype = scores_dtype(self.hf_model.get_input_embeddings().weight.dtype, batch["input_ids"].device.type)
+        return {**packed_forward_kwargs(batch, self.attn_implementation, dtype=dtype), "use_cache": False}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(B, T, V)`` of a BATCH CONTRACT batch, documents of a packed row kept apart."""
-        return self.model(**packed_forward_kwargs(batch, self.attn_implementation), use_cache=False).logits
+        return self.model(**self._model_kwargs(batch)).logits
 
     def _losses(self, batch: dict[str, torch.Tensor]):
-        losses, trained = causal_lm_losses(self(batch), batch["labels"])
+        """Mean loss over trained tokens, per-position losses, their mask and count — without full logits."""
+        model = self.hf_model  # the decoder and the head; with LoRA the adapters are injected in both
+        hidden = model.model(**self._model_kwargs(batch)).last_hidden_state  # (B, T, C)
+        losses, trained = chunked_causal_lm_losses(hidden, model.get_output_embeddings(), batch["labels"])
         count = trained.sum()
         loss = losses.sum() / count.clamp(min=1)
         return loss, losses, trained, count
@@ -337,22 +416,20 @@ def build_llama(pretrained: str | None, config: dict | None, attn_implementation
 
 
 def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
-    """Fail early when the tokenizer can emit ids that the model's embedding has no row for."""
+    """Fail early when the tokenizer can emit ids that the model's embedding has no row for
+    (:func:`panda.data.tokenizer.check_vocabulary`, the one check)."""
+    from panda.data.tokenizer import check_vocabulary as check, load_tokenizer
+
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is None:
         return
     if isinstance(tokenizer, (str, Path)):
-        from panda.data.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
-    if rows < len(tokenizer):
-        raise ValueError(
-            f"the model's vocabulary has {rows} rows but the tokenizer (data.tokenizer) has {len(tokenizer)} tokens; "
-            "extend the model first (`python -m panda.weights extend-vocab`) or use the model's own tokenizer"
-        )
+    check(rows, tokenizer, model="the model (model.pretrained / model.config)", tokenizer_name="data.tokenizer")
     if rows > len(tokenizer) + 1024:
         rank_zero_warn(f"the model has {rows} vocabulary rows for a {len(tokenizer)}-token tokenizer")
 
 
-__all__ = ["PandaLM", "LoraSettings", "causal_lm_losses", "loss_by_source", "build_llama", "check_vocabulary"]
+__all__ = ["PandaLM", "LoraSettings", "causal_lm_losses", "chunked_causal_lm_losses", "loss_by_source", "build_llama",
+           "check_vocabulary"]

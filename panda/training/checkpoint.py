@@ -32,6 +32,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
+from panda.io import fsync_dir, fsync_tree
+
 PARTIAL_SUFFIX = ".partial"
 REPLACED_SUFFIX = ".replaced"
 
@@ -45,34 +47,18 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _fsync_tree(path: Path) -> None:
-    """Flush a checkpoint file, or every file of a checkpoint directory, to disk before it is published."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for file in files:
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def commit(partial: Path, final: Path) -> None:
     """Publish a fully written checkpoint ``partial`` (file or directory) under the name ``final``.
 
     ``os.replace`` is atomic for a file; a directory cannot replace a non-empty one, so an existing ``final`` is
     first moved aside and deleted only once the new one is in place.
     """
-    _fsync_tree(partial)
+    fsync_tree(partial)
     replaced = _hidden(final, REPLACED_SUFFIX)
     if final.is_dir():
         os.replace(final, replaced)
     os.replace(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if replaced.is_dir():
         shutil.rmtree(replaced)
 

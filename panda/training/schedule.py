@@ -63,21 +63,31 @@ def planned_optimizer_steps(num_samples: int, micro_batch_size: int, world_size:
     return math.ceil(micro_batches / accumulate_grad_batches) * epochs
 
 
-def plan_schedule(total_steps: int | float, warmup_fraction: float) -> SchedulePlan:
+def plan_schedule(total_steps: int | float, warmup_fraction: float, *,
+                  warmup_steps: int | None = None) -> SchedulePlan:
     """Turn Lightning's estimate of the run length into a :class:`SchedulePlan`.
 
     Args:
         total_steps: ``trainer.estimated_stepping_batches`` (``inf`` when the run has no bound).
         warmup_fraction: Share of the optimizer steps spent warming up, in ``[0, 1)``.
+        warmup_steps: Absolute warmup steps instead of the fraction (``None``: use the fraction); must be shorter
+            than the run.
     """
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    if warmup_steps is not None and warmup_steps < 0:
+        raise ValueError(f"model.warmup_steps must be >= 0 or null, got {warmup_steps}")
     if not math.isfinite(total_steps) or total_steps < 1:
         raise ValueError(
             f"cannot size the learning-rate schedule: the trainer estimates {total_steps} optimizer steps. "
             "Set trainer.max_epochs or trainer.max_steps, and give the training data loader a length."
         )
     total_steps = int(total_steps)
+    if warmup_steps is not None:
+        if warmup_steps >= total_steps:
+            raise ValueError(f"model.warmup_steps={warmup_steps} is not shorter than the run's {total_steps} "
+                             "optimizer steps: the learning rate would never reach its peak")
+        return SchedulePlan(total_steps=total_steps, warmup_steps=warmup_steps)
     return SchedulePlan(total_steps=total_steps, warmup_steps=math.ceil(warmup_fraction * total_steps))
 
 

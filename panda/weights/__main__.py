@@ -4,6 +4,7 @@
     delta-apply   base + delta → the trained model, checked bit for bit (also the reference's float deltas)
     export        Lightning / DeepSpeed checkpoint → Hugging Face directory (LoRA merged or as adapters)
     extend-vocab  learn Chinese pieces, merge them into the tokenizer, grow and initialise the embeddings
+    add-pad       the reference's 32001 vocabulary: <pad> at the next id, new rows = mean of the old rows
 
 Arguments are read from the functions' signatures (jsonargparse), so the docstrings are the documentation.
 """
@@ -17,13 +18,14 @@ from jsonargparse import CLI
 
 from panda.weights.delta import apply_delta, make_delta
 from panda.weights.export import export_checkpoint
-from panda.weights.vocab import extend_vocabulary
+from panda.weights.vocab import add_pad_token, extend_vocabulary
 
 COMMANDS = {
     "delta-make": make_delta,
     "delta-apply": apply_delta,
     "export": export_checkpoint,
     "extend-vocab": extend_vocabulary,
+    "add-pad": add_pad_token,
 }
 
 

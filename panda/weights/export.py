@@ -254,7 +254,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, tokenizer: 
         trust_pickle: Unpickle arbitrary objects in the checkpoint (only for files you produced yourself).
         overwrite: Replace an existing ``output``.
     """
-    from panda.data.tokenizer import load_tokenizer
+    from panda.data.tokenizer import check_vocabulary, load_tokenizer
 
     training = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
     tokenizer_dir = _find_tokenizer(training, tokenizer, pretrained)
@@ -262,11 +262,12 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, tokenizer: 
     is_lora = _lora_settings(training.hparams) is not None
     if dtype != "auto":
         model = model.to(getattr(torch, dtype))
-    loaded_tokenizer = load_tokenizer(tokenizer_dir)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if rows < len(loaded_tokenizer):
-        raise WeightFileError(f"tokenizer {tokenizer_dir} has {len(loaded_tokenizer)} tokens but the model in "
-                              f"{training.path} has {rows} embedding rows; pass the tokenizer it was trained with")
+    loaded_tokenizer = load_tokenizer(tokenizer_dir, fill_pad=False)  # written back as stored (stock: no pad)
+    try:
+        check_vocabulary(model.get_input_embeddings().weight.shape[0], loaded_tokenizer,
+                         model=f"the model in {training.path}", tokenizer_name=f"tokenizer {tokenizer_dir}")
+    except ValueError as error:
+        raise WeightFileError(f"{error}; pass the tokenizer it was trained with") from None
 
     with atomic_directory(output, overwrite=overwrite) as staging:
         if is_lora and lora_mode == "adapters":

@@ -176,14 +176,6 @@ def load_model(path: str | Path, *, dtype: Dtype = "auto", pretrained: str | Non
     return model.eval(), hint, chat_format
 
 
-def check_tokenizer_fits(model, tokenizer, tokenizer_path: str | Path) -> None:
-    """Raise :class:`ModelLoadError` when the tokenizer can emit ids the model's embedding has no row for."""
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise ModelLoadError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model has {rows} "
-                             "vocabulary rows; pass the tokenizer the model was trained with (--tokenizer)")
-
-
 def load_pretrained(model: str | Path, tokenizer: str | Path | None = None, *, dtype: Dtype = "auto",
                     pretrained: str | None = None, adapters: str | Path | None = None, trust_pickle: bool = False,
                     trust_remote_code: bool = False, device: str | torch.device | None = None,
@@ -201,7 +193,7 @@ def load_pretrained(model: str | Path, tokenizer: str | Path | None = None, *, d
         device: Where the model goes (default: CUDA when present).
         chat_format: Override the stored chat format (``reference`` or ``roles``).
     """
-    from panda.data.tokenizer import load_tokenizer
+    from panda.data.tokenizer import check_vocabulary, load_tokenizer
 
     hf_model, hint, stored = load_model(model, dtype=dtype, pretrained=pretrained, adapters=adapters,
                                         trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
@@ -214,8 +206,11 @@ def load_pretrained(model: str | Path, tokenizer: str | Path | None = None, *, d
     try:
         loaded_tokenizer = load_tokenizer(tokenizer_path)
     except (OSError, ValueError) as error:
+        if isinstance(error, UserError):
+            raise
         raise ModelLoadError(f"tokenizer {tokenizer_path}: {str(error).splitlines()[0]}") from None
-    check_tokenizer_fits(hf_model, loaded_tokenizer, tokenizer_path)
+    check_vocabulary(hf_model.get_input_embeddings().weight.shape[0], loaded_tokenizer, model=f"model {model}",
+                     tokenizer_name=f"tokenizer {tokenizer_path}")
     if chat_format is not None:
         resolved = ChatFormat.from_stored(chat_format)
     else:

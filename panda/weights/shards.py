@@ -12,7 +12,7 @@ The safetensors layout written here is the documented one: an 8-byte little-endi
 to a multiple of 8, then the tensor bytes back to back in header order. The tests read every written file back
 with ``safe_open`` and ``transformers``.
 
-:func:`atomic_directory` gives every tool the same promise: the output appears by one ``rename`` of a finished
+:func:`panda.io.atomic_directory` gives every tool the same promise: the output appears by one ``rename`` of a finished
 temporary directory next to it; an error or Ctrl-C removes the temporary directory and leaves nothing behind.
 """
 
@@ -21,17 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from panda.io import atomic_directory  # noqa: F401 - the weight tools' one way to publish a folder
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
@@ -310,33 +309,6 @@ class ShardWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.abort()  # after close() a no-op; after an error, closes the shard being written
-
-
-@contextmanager
-def atomic_directory(output: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to ``output`` that becomes ``output`` only if the block succeeds.
-
-    The temporary directory sits in the same parent (so the final ``rename`` is atomic on one filesystem) and is
-    removed on any exception, ``KeyboardInterrupt`` included. With ``overwrite`` an existing ``output`` is replaced
-    only after the new one is complete.
-    """
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; choose another output or pass overwrite=True (--overwrite)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
-        yield temporary
-        if output.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, retired / output.name)
-            os.replace(temporary, output)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, output)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 NON_WEIGHT_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json",

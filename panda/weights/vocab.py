@@ -16,6 +16,11 @@ bytes, so a Chinese character costs ~1.5–3 tokens and a 2048-token window hold
 4. train the new rows first with the body frozen (``model.trainable: embeddings`` in PandaLM), then everything.
 
 The printed tokens-per-character on held-out text shows what the extension buys.
+
+:func:`add_pad_token` (``panda weights add-pad``) is the smallest extension: the reference's ``<pad>`` appended at
+the next id (LLaMA's 32000 → 32001 tokens), each new embedding and output row set to the mean of the old rows.
+Panda itself never needs it (a tokenizer without pad token pads with an existing id, see
+:mod:`panda.data.tokenizer`); it reproduces the reference's vocabulary, whose released weights have 32001 rows.
 """
 
 from __future__ import annotations
@@ -100,15 +105,21 @@ def initialise_new_rows(model, base_model: bytes, new_pieces: list[str], first_n
     for piece, ids in zip(new_pieces, spellings):
         if not ids or max(ids) >= rows:
             raise ValueError(f"new piece {piece!r}: the old tokenizer spells it as {ids}, not as old ids")
-    model.resize_token_embeddings(first_new_id + len(new_pieces), mean_resizing=False)
+    with torch.no_grad():
+        for weight in _resized_matrices(model, first_new_id + len(new_pieces)):  # (V_new, H)
+            for offset, ids in enumerate(spellings):
+                weight[first_new_id + offset] = weight[ids].float().mean(0).to(weight.dtype)
+
+
+def _resized_matrices(model, new_rows: int) -> list[torch.Tensor]:
+    """Resize the model's vocabulary to ``new_rows`` (new rows uninitialised) and return the embedding and, when
+    untied, output matrices to initialise."""
+    model.resize_token_embeddings(new_rows, mean_resizing=False)
     matrices = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
     if output is not None and output.weight is not matrices[0]:
         matrices.append(output.weight)
-    with torch.no_grad():
-        for weight in matrices:  # (V_new, H)
-            for offset, ids in enumerate(spellings):
-                weight[first_new_id + offset] = weight[ids].float().mean(0).to(weight.dtype)
+    return matrices
 
 
 def tokens_per_character(tokenizer, texts: list[str]) -> float:
@@ -210,3 +221,57 @@ def extend_vocabulary(model: str, corpus: str | list[str], output: str, *, token
         (staging / "vocab_extension.json").write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
     print(result.summary())
     return result
+
+
+def mean_resize(model, new_rows: int) -> None:
+    """Grow ``embed_tokens`` and ``lm_head`` to ``new_rows`` rows, each new row the mean of all old rows (float32)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    with torch.no_grad():
+        for weight in _resized_matrices(model, new_rows):  # (V_new, H)
+            weight[rows:] = weight[:rows].float().mean(0).to(weight.dtype)
+
+
+def add_pad_token(model: str, output: str, *, tokenizer: str | None = None, pad_token: str = "<pad>",
+                  overwrite: bool = False) -> Path:
+    """Add the reference's pad token: a model + tokenizer directory with ``pad_token`` at the next id.
+
+    LLaMA-7B's 32000 tokens become 32001 (``<pad>`` = 32000, as Panda-7B's released weights); ``embed_tokens`` and
+    ``lm_head`` grow by one row, set to the mean of the old rows; ``config.pad_token_id`` names the new id.
+    Train the result with ``model.pretrained`` and ``data.tokenizer`` both set to ``output``.
+
+    Args:
+        model: Hugging Face model directory (``save_pretrained`` layout) whose tokenizer has no pad token.
+        output: The directory to create (appears only when complete).
+        tokenizer: The model's tokenizer directory (default: ``model``).
+        pad_token: The token to add.
+        overwrite: Replace an existing ``output``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from panda.data.tokenizer import check_vocabulary, load_tokenizer
+
+    tokenizer_dir = Path(tokenizer or model)
+    loaded = load_tokenizer(tokenizer_dir, fill_pad=False)
+    if loaded.pad_token_id is not None:
+        raise ValueError(f"{tokenizer_dir}: the tokenizer already has a pad token {loaded.pad_token!r} "
+                         f"(id {loaded.pad_token_id}); nothing to add")
+    old_size = len(loaded)
+    hf_model = AutoModelForCausalLM.from_pretrained(model, dtype="auto", trust_remote_code=False)
+    rows = hf_model.get_input_embeddings().weight.shape[0]
+    check_vocabulary(rows, loaded, model=str(model), tokenizer_name=f"tokenizer {tokenizer_dir}")
+    if rows != old_size:
+        raise ValueError(f"{model} has {rows} vocabulary rows but tokenizer {tokenizer_dir} {old_size} tokens; "
+                         "the pad row goes at the tokenizer's next id, so they must be equal")
+    loaded.add_special_tokens({"pad_token": pad_token})
+    if loaded.pad_token_id != old_size:
+        raise ValueError(f"{pad_token!r} got id {loaded.pad_token_id}, not the next id {old_size}: it is already a "
+                         "token of this vocabulary; pass another --pad_token")
+    mean_resize(hf_model, old_size + 1)
+    hf_model.config.pad_token_id = old_size
+    hf_model.generation_config.pad_token_id = old_size
+    with atomic_directory(output, overwrite=overwrite) as staging:
+        hf_model.save_pretrained(staging)
+        loaded.save_pretrained(staging)
+    print(f"vocabulary {old_size} → {old_size + 1}: {pad_token!r} at id {old_size}, new embedding and output rows = "
+          f"mean of the old rows; wrote {output}")
+    return Path(output)

@@ -9,10 +9,13 @@ import pickle
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasets.table import MemoryMappedTable
 
-from panda.data.cache import CachedSource, build_source_cache
+from panda.constants import IGNORE_INDEX
+from panda.data.cache import CachedSource, compact_batch, labels_from_spans, sequence_schema
+from panda.data.prepare import build_source_cache
 from panda.data.report import BadRecordError
 from panda.data.tokenize import encode_example
 from tests.data.mixing_corpora import write_corpora
@@ -109,8 +112,59 @@ def test_failed_build_leaves_no_cache(sources, tokenizer, tokenizer_dir, tmp_pat
     strict = dataclasses.replace(sources["coig"], paths=str(bad), strict=True)
     with pytest.raises(BadRecordError, match=r"bad\.json:\[1\]"):
         build(strict, tokenizer, tokenizer_dir, tmp_path / "cache")
-    assert [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+    published = [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith((".lock", ".shares"))]
+    assert published == []  # finished shares may stay for a resume; no cache is published
     lenient, _ = build(dataclasses.replace(strict, strict=False), tokenizer, tokenizer_dir, tmp_path / "cache")
     assert (lenient.meta["read"], lenient.meta["used"], lenient.meta["skipped"]) == (2, 1, 1)
     assert lenient.meta["problems"] == [f"{bad}:[1]: 'targets' is empty"]
     assert isinstance(CachedSource(lenient.path).meta, dict)
+
+
+def test_strict_stops_at_the_first_bad_record_of_a_cached_source(tokenizer, tokenizer_dir, tmp_path, sources):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"inputs": "问", "targets": "答"}, {"inputs": "问", "targets": ""},
+                               {"inputs": "问", "targets": ""}]), encoding="utf-8")
+    lenient = dataclasses.replace(sources["coig"], paths=str(bad))
+    cached, built = build(lenient, tokenizer, tokenizer_dir, tmp_path / "cache")
+    assert built and cached.meta["skipped"] == 2
+    with pytest.raises(BadRecordError, match=r"bad\.json:\[1\]: 'targets' is empty"):
+        build(dataclasses.replace(lenient, strict=True), tokenizer, tokenizer_dir, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("vocab_size, max_len, id_type", [(4000, 128, "uint16"), (70_000, 70_000, "int32")])
+def test_compact_batch_round_trips_ids_and_labels_exactly(vocab_size, max_len, id_type):
+    rng = np.random.default_rng(0)
+    sequences = []
+    for length in (1, 2, 5, 17, 64):
+        for pattern in ("none", "all", "random", "ends"):
+            ids = rng.integers(0, vocab_size, size=length)
+            trained = {"none": np.zeros(length, bool), "all": np.ones(length, bool),
+                       "random": rng.random(length) < 0.5,
+                       "ends": np.isin(np.arange(length), [0, length - 1])}[pattern]
+            sequences.append((ids.tolist(), np.where(trained, ids, IGNORE_INDEX).tolist()))
+    schema = sequence_schema(vocab_size, max_len)
+    batch = compact_batch([s[0] for s in sequences], [s[1] for s in sequences], schema)
+    assert str(batch.schema.field("input_ids").type.value_type) == id_type
+    ids_column, spans_column = batch.column(0), batch.column(1)
+    for k, (ids, labels) in enumerate(sequences):
+        got_ids = ids_column[k].values.to_numpy().astype(np.int64)
+        assert got_ids.tolist() == ids
+        assert labels_from_spans(got_ids, spans_column[k].values.to_numpy()).tolist() == labels
+
+
+def test_compact_batch_refuses_a_label_it_cannot_store():
+    with pytest.raises(ValueError, match="neither its position's token nor IGNORE_INDEX"):
+        compact_batch([[1, 5, 6]], [[IGNORE_INDEX, 5, 7]], sequence_schema(100, 8))
+
+
+def test_compact_cache_is_over_three_times_smaller_than_two_int32_columns(sources, tokenizer, tokenizer_dir,
+                                                                          tmp_path):
+    cache, _ = build(sources["news"], tokenizer, tokenizer_dir, tmp_path / "cache")
+    sequences = [cache.sequence(i) for i in range(len(cache.lengths))]
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
+    wide = tmp_path / "int32.arrow"
+    with pa.OSFile(str(wide), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(pa.record_batch([pa.array([s[0].tolist() for s in sequences], pa.list_(pa.int32())),
+                                            pa.array([s[1].tolist() for s in sequences], pa.list_(pa.int32()))],
+                                           schema=schema))
+    assert wide.stat().st_size / (cache.path / "sequences.arrow").stat().st_size >= 3.0

@@ -85,7 +85,14 @@ def test_training_mix_has_one_chat_format(tmp_path):
         return CorpusSource(name=name, paths=str(tmp_path), format=fmt, **kwargs)
 
     assert training_chat_format([source("news", "wudao")]) is None
-    assert training_chat_format([source("news", "wudao"), source("coig", multi_turn="panda_compat")]) == \
-        ChatFormat("reference", "panda_compat")
-    with pytest.raises(ChatFormatError, match="coig: roles/conversation, flan: reference/conversation"):
+    assert training_chat_format([source("news", "wudao"), source("coig", multi_turn="panda_compat", join=" ")]) == \
+        ChatFormat("reference", "panda_compat", " ")
+    assert training_chat_format([source("wiki", "wiki2019zh"), source("qa", "baike2018qa")]) == ChatFormat(join="")
+    with pytest.raises(ChatFormatError, match="coig: roles/conversation/join '', flan: reference/conversation/join"):
         training_chat_format([source("coig", chat_format="roles"), source("flan", "flan")])
+
+
+def test_join_opens_every_reply_and_is_stripped_from_generated_text():
+    plain = ChatFormat(join="")
+    assert plain.segments(SINGLE) == [("请把这句话翻译成英文：我爱北京", False), ("I love Beijing.", True)]
+    assert ChatFormat().reply_text(" 你好") == "你好" and plain.reply_text(" 你好") == " 你好"

@@ -82,3 +82,34 @@ def test_from_tokenizer_end_to_end(tokenizer, chinese_paragraphs):
     assert int(starts.sum()) == len(documents)
     assert batch["input_ids"][starts].eq(tokenizer.bos_token_id).all()
     assert batch["labels"][starts].eq(X).all()
+
+
+def test_stock_tokenizer_fills_with_unk_never_trained_never_attended(stock_llama_dir):
+    """A tokenizer without pad token (stock LLaMA): padding holds </s> (2), label -100, and no real token attends
+    to it; the real tokens' logits equal those of the unpadded rows."""
+    from transformers import AutoModelForCausalLM
+
+    from panda.data.tokenizer import load_tokenizer
+    from panda.model.attention import block_causal_mask, packed_forward_kwargs
+
+    collator = PackedCollator.from_tokenizer(load_tokenizer(stock_llama_dir, fill_pad=False), 8, pad_to="max")
+    assert collator.pad_id == 2
+    batch = collator([[A, C]])
+    assert batch["input_ids"].tolist() == [[1, 10, 11, 12, 1, 30, 2, 2]]
+    assert batch["labels"].tolist() == [[X, X, 11, 12, X, 30, X, X]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 0, 1]]
+    assert block_causal_mask(batch["position_ids"])[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 0],   # the padding run sees only itself
+        [0, 0, 0, 0, 0, 0, 1, 1],
+    ]
+    model = AutoModelForCausalLM.from_pretrained(stock_llama_dir, attn_implementation="sdpa")
+    with torch.no_grad():
+        padded = model(**packed_forward_kwargs(batch, "sdpa")).logits[0]  # (T, V)
+        alone = model(**packed_forward_kwargs(PackedCollator(2, 6, pad_to="max")([[A, C]]), "sdpa")).logits[0]
+    torch.testing.assert_close(padded[:6], alone, rtol=1e-5, atol=1e-5)

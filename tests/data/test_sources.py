@@ -52,14 +52,14 @@ def test_coig_single_and_conversation(tmp_path):
     path = write_json(tmp_path / "coig.json", [{"inputs": "翻译：猫", "targets": "cat"}, CONVERSATION])
     examples = read_all(CorpusSource(name="coig", paths=path, format="coig"))
     assert examples == [
-        ex("coig", f"{path}:[0]", ("翻译：猫", False), (" cat", True)),
+        ex("coig", f"{path}:[0]", ("翻译：猫", False), ("cat", True)),
         ex("coig", f"{path}:[1]",
-           ("你好", False), (" 你好！有什么可以帮你？", True),
-           ("\n\n今天天气怎么样？", False), (" 晴天。", True),
-           ("\n\n谢谢", False), (" 不客气。", True)),
+           ("你好", False), ("你好！有什么可以帮你？", True),
+           ("\n\n今天天气怎么样？", False), ("晴天。", True),
+           ("\n\n谢谢", False), ("不客气。", True)),
     ]
     assert examples[1].meta == {"turns": 3}
-    assert examples[1].text == "你好 你好！有什么可以帮你？\n\n今天天气怎么样？ 晴天。\n\n谢谢 不客气。"
+    assert examples[1].text == "你好你好！有什么可以帮你？\n\n今天天气怎么样？晴天。\n\n谢谢不客气。"
 
 
 def test_coig_panda_compat_reproduces_reference_flattening(tmp_path):
@@ -67,11 +67,11 @@ def test_coig_panda_compat_reproduces_reference_flattening(tmp_path):
     examples = read_all(CorpusSource(name="coig", paths=path, format="coig", multi_turn="panda_compat"))
     origin = f"{path}:[0]"
     assert examples == [
-        ex("coig", origin, ("\n\n你好", False), (" 你好！有什么可以帮你？", True)),
-        ex("coig", origin, ("你好\n\n你好！有什么可以帮你？\n\n今天天气怎么样？", False), (" 晴天。", True)),
+        ex("coig", origin, ("\n\n你好", False), ("你好！有什么可以帮你？", True)),
+        ex("coig", origin, ("你好\n\n你好！有什么可以帮你？\n\n今天天气怎么样？", False), ("晴天。", True)),
         ex("coig", origin, ("你好\n\n你好！有什么可以帮你？\n\n今天天气怎么样？\n\n晴天。\n\n谢谢", False),
-           (" 不客气。", True)),
-        ex("coig", f"{path}:[1]", ("单轮", False), (" 回答", True)),
+           ("不客气。", True)),
+        ex("coig", f"{path}:[1]", ("单轮", False), ("回答", True)),
     ]
     assert [e.meta for e in examples] == [{"turn": 0}, {"turn": 1}, {"turn": 2}, {}]
     report = ReadReport()
@@ -85,14 +85,14 @@ def test_coig_full_loss_trains_every_token_with_eos_only_after_responses(tmp_pat
     examples = read_all(CorpusSource(name="c", paths=path, format="coig", loss="full"))
     # each prompt joins the response after it: the tokenizer stage closes trained segments with EOS
     assert examples == [
-        ex("c", f"{path}:[0]", ("问 答", True)),
-        ex("c", f"{path}:[1]", ("你好 你好！有什么可以帮你？", True), ("\n\n今天天气怎么样？ 晴天。", True)),
+        ex("c", f"{path}:[0]", ("问答", True)),
+        ex("c", f"{path}:[1]", ("你好你好！有什么可以帮你？", True), ("\n\n今天天气怎么样？晴天。", True)),
     ]
     compat = read_all(CorpusSource(name="c", paths=path, format="coig", loss="full", multi_turn="panda_compat"))
     assert [e.segments for e in compat] == [
-        (Segment("问 答", True),),
-        (Segment("\n\n你好 你好！有什么可以帮你？", True),),
-        (Segment("你好\n\n你好！有什么可以帮你？\n\n今天天气怎么样？ 晴天。", True),),
+        (Segment("问答", True),),
+        (Segment("\n\n你好你好！有什么可以帮你？", True),),
+        (Segment("你好\n\n你好！有什么可以帮你？\n\n今天天气怎么样？晴天。", True),),
     ]
 
 
@@ -134,15 +134,15 @@ def test_jsonl_text_and_instruction_records(tmp_path):
     ])
     expected = [
         ex("g", f"{path}:1", ("纯文本", True)),
-        ex("g", f"{path}:2", ("分词： 我爱北京", False), (" 我 爱 北京", True)),
-        ex("g", f"{path}:3", ("写一首诗", False), (" 床前明月光", True)),
-        ex("g", f"{path}:4", ("写一首诗", False), (" 疑是地上霜", True)),
-        ex("g", f"{path}:5", ("只有输入", False), (" 输出", True)),
+        ex("g", f"{path}:2", ("分词： 我爱北京", False), ("我 爱 北京", True)),
+        ex("g", f"{path}:3", ("写一首诗", False), ("床前明月光", True)),
+        ex("g", f"{path}:4", ("写一首诗", False), ("疑是地上霜", True)),
+        ex("g", f"{path}:5", ("只有输入", False), ("输出", True)),
     ]
     assert read_all(CorpusSource(name="g", paths=path, format="jsonl")) == expected
     full = read_all(CorpusSource(name="g", paths=path, format="jsonl", loss="full"))
     assert full[0] == expected[0]
-    assert full[1] == ex("g", f"{path}:2", ("分词： 我爱北京 我 爱 北京", True))
+    assert full[1] == ex("g", f"{path}:2", ("分词： 我爱北京我 爱 北京", True))
 
 
 def test_jsonl_list_instruction_choice_is_seeded_per_record(tmp_path):
@@ -161,7 +161,7 @@ def test_jsonl_list_instruction_choice_is_seeded_per_record(tmp_path):
 def test_jsonl_format_reads_a_json_array_file(tmp_path):
     path = write_json(tmp_path / "alpaca.json", [{"instruction": "问", "input": "", "output": "答"}])
     assert read_all(CorpusSource(name="a", paths=path, format="jsonl")) == [
-        ex("a", f"{path}:[0]", ("问", False), (" 答", True)),
+        ex("a", f"{path}:[0]", ("问", False), ("答", True)),
     ]
 
 
@@ -175,24 +175,26 @@ def test_array_or_lines_layout_is_detected_per_file(tmp_path):
         f"{one_line_array}:[0]", f"{one_line_array}:[1]", f"{pretty_array}:[0]",
         f"{conversation_lines}:1", f"{conversation_lines}:2",
     ]
-    assert [e.segments for e in source.read()][3] == (Segment("你好", False), Segment(" 你好！有什么可以帮你？", True))
+    assert [e.segments for e in source.read()][3] == (Segment("你好", False), Segment("你好！有什么可以帮你？", True))
 
 
 def test_flan_inputs_targets(tmp_path):
     path = write_lines(tmp_path / "flan.jsonl", [{"inputs": "Q: 1+1?", "targets": "2", "task": "math"}])
     assert read_all(CorpusSource(name="flan", paths=path, format="flan")) == [
-        ex("flan", f"{path}:1", ("Q: 1+1?", False), (" 2", True)),
+        ex("flan", f"{path}:1", ("Q: 1+1?", False), ("2", True)),
     ]
 
 
-def test_roles_chat_format_marks_user_and_assistant_turns(tmp_path):
+def test_chat_format_renders_prompts_and_conversations(tmp_path):
     path = write_json(tmp_path / "coig.json", [{"inputs": "问", "targets": "答"}, CONVERSATION[:2]])
-    examples = read_all(CorpusSource(name="c", paths=path, format="coig", chat_format="roles"))
+    examples = read_all(CorpusSource(name="c", paths=path, format="coig", chat_format="roles", join=" "))
     assert examples == [
         ex("c", f"{path}:[0]", ("用户: 问\n助手:", False), (" 答", True)),
         ex("c", f"{path}:[1]", ("用户: 你好\n助手:", False), (" 你好！有什么可以帮你？", True),
            ("\n用户: 今天天气怎么样？\n助手:", False), (" 晴天。", True)),
     ]
+    reference = read_all(CorpusSource(name="c", paths=path, format="coig", join=" "))
+    assert reference[1].text == "你好 你好！有什么可以帮你？\n\n今天天气怎么样？ 晴天。"
     with pytest.raises(ValueError, match="chat format 'role' is not one of reference, roles .did you mean 'roles'"):
         CorpusSource(name="c", paths=path, format="coig", chat_format="role")
 

@@ -47,15 +47,42 @@ def test_bad_records_are_reported_with_line_and_reason_then_strict_raises(tmp_pa
         read_benchmark(path, "logiqa_v2", strict=True)
 
 
-def test_c3_answer_not_among_choices_is_reported_by_index(tmp_path):
+def test_c3_answer_not_among_choices_is_kept_scored_wrong_and_reported(tmp_path):
+    """DreamReader left such a label at -1 (letter E, never extracted): the question counts, as wrong."""
     path = tmp_path / "c3.json"
     path.write_text(json.dumps([[["x"], [{"question": "q", "choice": ["a", "b"], "answer": "c"}], "id"],
                                 [["y"], [{"question": "q", "choice": ["a", "b"], "answer": "b"}], "id2"]]),
                     encoding="utf-8")
     report = BenchmarkReport(str(path))
     questions = read_benchmark(path, "c3", report=report)
-    assert [q.context for q in questions] == ["y"] and questions[0].index == 0
-    assert str(report.problems[0]) == f"{path}:[0]: questions[0].answer 'c' is not one of its choices"
+    assert [(q.context, q.label, q.gold_letter) for q in questions] == [("x", -1, None), ("y", 1, "B")]
+    assert str(report.problems[0]) == (f"{path}:[0]: questions[0].answer 'c' is not one of its choices "
+                                       "(kept, scored wrong)")
+    assert report.skipped == 0 and "1 kept and scored wrong" in report.summary()
+    assert len(read_benchmark(path, "c3", strict=True)) == 2  # not a bad record: strict keeps it too
+
+
+def test_c3_gold_is_the_last_choice_equal_to_the_answer(tmp_path):
+    path = tmp_path / "c3.json"
+    path.write_text(json.dumps([[["x"], [{"question": "q", "choice": ["是", "否", "是", "不知道"], "answer": "是"}],
+                                 "id"]], ensure_ascii=False), encoding="utf-8")
+    [question] = read_benchmark(path, "c3")
+    assert question.label == 2 and question.gold_letter == "C"
+
+
+def test_c3_a_bad_question_never_drops_the_other_questions_of_its_document(tmp_path):
+    path = tmp_path / "c3.json"
+    path.write_text(json.dumps([[["x"], [{"question": "q1", "choice": ["a", "b"], "answer": "a"},
+                                         {"question": 7, "choice": ["a", "b"], "answer": "a"},
+                                         {"question": "q3", "choice": "ab", "answer": "a"},
+                                         {"question": "q4", "choice": ["a", "b"], "answer": "b"}], "id"]]),
+                    encoding="utf-8")
+    report = BenchmarkReport(str(path))
+    questions = read_benchmark(path, "c3", report=report)
+    assert [(q.question, q.index, q.origin.rsplit(":", 1)[1]) for q in questions] == [
+        ("q1", 0, "[0].questions[0]"), ("q4", 1, "[0].questions[3]")]
+    assert [p.reason.split()[0] for p in report.problems] == ["questions[1]", "questions[2].choice"]
+    assert report.skipped == 2
 
 
 def test_missing_file_and_unknown_format(tmp_path, c3_file):

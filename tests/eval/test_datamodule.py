@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from panda.errors import UserError
 from panda.eval.datamodule import BenchmarkDataModule
 from panda.eval.prompts import ANSWER_CUE, INSTRUCTION
 
@@ -38,5 +39,5 @@ def test_limit_shots_and_missing_inputs(tmp_path, c3_file):
 
 @pytest.mark.filterwarnings("ignore:.*bad records skipped")
 def test_a_file_without_any_readable_question_is_an_error(c3_file):
-    with pytest.raises(ValueError, match=r"no question could be read as format 'logiqa_v2'; first problem: .*c3.json:1"):
+    with pytest.raises(UserError, match=r"no question could be read as format 'logiqa_v2'; first problem: .*c3.json:1"):
         BenchmarkDataModule(str(c3_file), "logiqa_v2").setup("validate")

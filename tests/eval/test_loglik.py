@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from panda.eval.loading import encode
-from panda.eval.loglik import choose, score_options, split_continuation
+from panda.eval.loglik import choose, length_groups, score_options, split_continuation
 from panda.eval.scoring import score_batch
 
 CONTEXTS = ["阅读下面的文章：\n\n人民日报社论指出，今年经济发展很快。\n\n本题的答案是：", "你好", "人民日"]
@@ -41,20 +41,36 @@ def test_batched_scores_equal_a_plain_per_option_computation(attention_model, to
         assert all(r["tokens"] >= 1 and r["logprob"] < 0 for r in result)
 
 
-def test_one_forward_per_batch_with_each_prompt_computed_once(tiny_model, tokenizer):
+def test_each_prompt_is_computed_once_and_options_run_in_length_groups(tiny_model, tokenizer):
     shapes = []
     handle = tiny_model.register_forward_hook(
         lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
         score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=True)
+        shared = len(shapes)
         score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=False)
     finally:
         handle.remove()
     prompt_tokens = [len(encode(tokenizer, c)) for c in CONTEXTS]
-    longest_tree = max(n + sum(len(split_continuation(tokenizer, encode(tokenizer, c), c, o)[0]) for o in options)
-                       for n, c, options in zip(prompt_tokens, CONTEXTS, OPTIONS))
-    assert shapes[0] == (3, longest_tree)  # one row per question: prompt once, then all its options
-    assert len(shapes) == 2 and shapes[1][0] == 8  # without sharing: one row per option
+    option_tokens = sorted(len(split_continuation(tokenizer, encode(tokenizer, c), c, o)[0])
+                           for c, options in zip(CONTEXTS, OPTIONS) for o in options)
+    assert shapes[0] == (3, max(prompt_tokens))  # the prompts once, one row per question
+    groups = [length_group for length_group in length_groups(option_tokens)]
+    assert shapes[1:shared] == [(len(g), option_tokens[g[-1]]) for g in groups]  # one row per option, by length
+    assert sum(rows for rows, _ in shapes[1:shared]) == 8
+    assert shapes[shared:] == [(8, max(prompt_tokens[q] + n for q, options in enumerate(OPTIONS)
+                                       for n in [len(split_continuation(tokenizer, encode(tokenizer, CONTEXTS[q]),
+                                                                        CONTEXTS[q], o)[0]) for o in options]))]
+
+
+@pytest.mark.parametrize(("lengths", "overhead", "expected"), [
+    ([3, 40, 4, 41, 2], 256, [[4, 0, 2, 1, 3]]),                  # one forward is cheaper than two
+    ([3, 40, 4, 41, 2], 20, [[4, 0, 2], [1, 3]]),                  # short and long options apart
+    ([5, 5, 5], 1, [[0, 1, 2]]),                                   # equal lengths: nothing to gain
+])
+def test_length_groups_minimise_padded_tokens_plus_forwards(lengths, overhead, expected):
+    groups = length_groups(lengths, overhead)
+    assert groups == expected
 
 
 def test_continuation_is_cut_from_the_joint_encoding_without_a_dummy_prefix(tokenizer):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from panda.cli import main
+from panda.cli import lightning
 from panda.eval.generation import extract_answer
 from panda.eval.prompts import build_prompt
 
@@ -39,7 +39,7 @@ def recomputed(records):
 
 
 def test_cli_validate_on_a_hugging_face_directory_writes_outputs(tmp_path, tiny_model_dir, c3_file):
-    main(["validate", "--config", str(CONFIGS / "c3_d.yaml"), "--model.init_args.model", str(tiny_model_dir),
+    lightning(["validate", "--config", str(CONFIGS / "c3_d.yaml"), "--model.init_args.model", str(tiny_model_dir),
           "--data.init_args.path", str(c3_file), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
           "--trainer.enable_progress_bar", "false", "--model.init_args.max_new_tokens", "8"])
     run_dir = tmp_path / "runs" / "c3_d" / "version_0"
@@ -77,7 +77,7 @@ def build_prompt_of(path, index):
 
 def test_every_eval_config_parses_with_its_classes(tmp_path, tiny_model_dir, c3_file):
     for name in ("logiqa_v2", "c3_d", "c3_m"):
-        cli = main(["--config", str(CONFIGS / f"{name}.yaml"), "--model.init_args.model", str(tiny_model_dir),
+        cli = lightning(["--config", str(CONFIGS / f"{name}.yaml"), "--model.init_args.model", str(tiny_model_dir),
                     "--data.init_args.path", str(c3_file)], run=False)
         assert type(cli.model).__name__ == "MultipleChoiceEvaluator" and cli.model.model is None  # weights lazy
         assert cli.datamodule.name == name

@@ -6,7 +6,9 @@ from panda.constants import IGNORE_INDEX
 from panda.data.collate import PackedCollator
 from panda.data.records import Example, Segment
 from panda.data.tokenize import encode_example
-from panda.model.attention import block_causal_mask, packed_forward_kwargs
+from panda.model import attention
+from panda.model.attention import block_causal_mask, document_block_mask, kernel_mask, packed_forward_kwargs, \
+    resolve_attn_implementation
 
 
 def test_block_causal_mask_exact():
@@ -28,10 +30,13 @@ def test_kwargs_per_implementation():
     low = torch.finfo(torch.float32).min
     assert eager["attention_mask"].dtype == torch.float32
     assert eager["attention_mask"][0, 0].tolist() == [[0, low, low], [low, 0, low], [low, 0, 0]]
-    assert packed_forward_kwargs(batch, "sdpa")["attention_mask"][0, 0].tolist() == [
-        [True, False, False], [False, True, False], [False, True, True]]
+    assert packed_forward_kwargs(batch, "sdpa")["attention_mask"][0, 0].tolist() == [  # CPU: additive as well
+        [0, low, low], [low, 0, low], [low, 0, 0]]
     flex = packed_forward_kwargs(batch, "flex_attention")
-    assert set(flex) == {"input_ids", "position_ids"} and flex["position_ids"] is batch["position_ids"]
+    assert set(flex) == {"input_ids", "position_ids", "attention_mask"} and flex["position_ids"] is batch["position_ids"]
+    for boundaries in ("document_sdpa", "varlen", "flash_attention_2"):
+        kwargs = packed_forward_kwargs(batch, boundaries)
+        assert kwargs["cu_seq_lens_q"].tolist() == [0, 1, 3] and "attention_mask" not in kwargs
     with pytest.raises(ValueError, match="'paged_magic' is not supported"):
         packed_forward_kwargs(batch, "paged_magic")
 
@@ -91,12 +96,40 @@ def tiny_model(config, attn_implementation):
     return LlamaForCausalLM(config).eval()
 
 
-IMPLEMENTATIONS = [("eager", "eager"), ("sdpa", "sdpa"), (VARLEN_ON_CPU, "flash_attention_2")]
+def reference_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                            enable_gqa=False):
+    """``torch.nn.attention.varlen.varlen_attn``'s contract, computed on CPU (the real kernel is CUDA-only)."""
+    assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and max_q == max_k
+    if enable_gqa:
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    bounds = cu_q.tolist()
+    assert max_q == max(e - s for s, e in zip(bounds[:-1], bounds[1:]))
+    return torch.cat([F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
+                                                     v[s:e].transpose(0, 1), is_causal=True, scale=scale)
+                      .transpose(0, 1) for s, e in zip(bounds[:-1], bounds[1:])])
+
+
+@pytest.fixture()
+def varlen_on_cpu(monkeypatch):
+    """The CPU stand-in for the CUDA kernel; packed calls must not fall back to stock SDPA (which would also be
+    exact here, through transformers' own packing detection, and hide a path that is never taken)."""
+    from torch.nn.attention import varlen
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("a packed batch reached the stock-SDPA fallback")
+
+    monkeypatch.setattr(varlen, "varlen_attn", reference_varlen_kernel)
+    monkeypatch.setattr(attention, "sdpa_attention_forward", no_fallback)
+
+
+IMPLEMENTATIONS = [("eager", "eager"), ("sdpa", "sdpa"), ("document_sdpa", "document_sdpa"),
+                   ("varlen", "varlen"), (VARLEN_ON_CPU, "flash_attention_2"),
+                   pytest.param("flex_attention", "flex_attention", marks=pytest.mark.slow)]  # compiles: ~1 min
 
 
 @pytest.mark.parametrize(("attn_implementation", "kwargs_for"), IMPLEMENTATIONS)
 def test_packed_loss_equals_each_document_alone(tiny_llama_config, packed_documents, attn_implementation,
-                                                kwargs_for):
+                                                kwargs_for, varlen_on_cpu):
     rows, batch = packed_documents
     model = tiny_model(tiny_llama_config, attn_implementation)
     reference = tiny_model(tiny_llama_config.__class__(**tiny_llama_config.to_dict()), "eager")
@@ -135,3 +168,67 @@ def test_flash_kwargs_are_document_boundaries_over_the_flattened_batch():
     kwargs = packed_forward_kwargs(batch, "flash_attention_2")
     assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 10] and kwargs["cu_seq_lens_k"].tolist() == [0, 3, 5, 7, 10]
     assert kwargs["max_length_q"] == kwargs["max_length_k"] == 3 and "attention_mask" not in kwargs
+
+
+@pytest.mark.parametrize("attn_implementation", ["document_sdpa", "varlen"])
+def test_boundary_paths_give_the_dense_mask_gradients(tiny_llama_config, packed_documents, attn_implementation,
+                                                      varlen_on_cpu):
+    tiny_llama_config.num_key_value_heads = tiny_llama_config.num_attention_heads // 2  # exercise GQA too
+    _, batch = packed_documents
+    model = tiny_model(tiny_llama_config, "sdpa").train()
+    grads = {}
+    for path in ("sdpa", attn_implementation):
+        model.set_attn_implementation(path)
+        model.zero_grad()
+        logits = model(**packed_forward_kwargs(batch, path)).logits
+        loss = per_token_loss(logits, batch["labels"]).sum()
+        loss.backward()
+        grads[path] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(grads["sdpa"][0], grads[attn_implementation][0], atol=1e-5, rtol=1e-5)
+    for dense, boundary in zip(grads["sdpa"][1], grads[attn_implementation][1]):
+        torch.testing.assert_close(dense, boundary, atol=1e-5, rtol=1e-4)
+
+
+def test_registered_paths_without_boundaries_are_stock_sdpa(tiny_llama_config):
+    """Generation and scoring call the model with a 2D padding mask: the registered paths must mask it as SDPA."""
+    model = tiny_model(tiny_llama_config, "sdpa")
+    input_ids = torch.randint(4, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(input_ids)
+    mask[1, :3] = 0  # left padding
+    with torch.no_grad():
+        stock = model(input_ids=input_ids, attention_mask=mask).logits
+        for path in ("document_sdpa", "varlen"):
+            model.set_attn_implementation(path)
+            torch.testing.assert_close(model(input_ids=input_ids, attention_mask=mask).logits, stock)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_document_block_mask_allows_what_the_dense_mask_allows():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3, 0], [0, 1, 2, 3, 4, 5, 0, 1, 0, 1]])
+    q, k, v = torch.randn(3, 2, 2, 10, 8, generator=torch.Generator().manual_seed(0)).unbind(0)  # (B, H, T, D)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(position_ids))
+    torch.testing.assert_close(flex_attention(q, k, v, block_mask=document_block_mask(position_ids)), dense)
+
+
+def test_kernel_mask_forms():
+    allowed = torch.tensor([[[[True, False], [True, True]]]])
+    low = torch.finfo(torch.bfloat16).min
+    assert kernel_mask(allowed, "eager", torch.bfloat16)[0, 0].tolist() == [[0, low], [0, 0]]
+    assert kernel_mask(allowed, "sdpa", torch.float32).dtype == torch.float32  # CPU: additive, built once
+    assert kernel_mask(allowed, "sdpa", torch.float32)[0, 0, 0, 1] == torch.finfo(torch.float32).min
+
+
+def test_auto_picks_the_fastest_exact_path_per_device(monkeypatch):
+    assert resolve_attn_implementation("auto", "cpu") == "document_sdpa"
+    assert resolve_attn_implementation("auto", "cuda", "32-true") == "document_sdpa"
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: False)
+    assert resolve_attn_implementation("auto", "cuda", "bf16-mixed") == "varlen"
+    with pytest.raises(ValueError, match=r"model.attn_implementation=flash_attention_2 needs the flash-attn "):
+        resolve_attn_implementation("flash_attention_2", "cuda", "bf16-mixed")
+    with pytest.raises(ValueError, match=r"model.attn_implementation=varlen runs on CUDA in bf16/fp16 only"):
+        resolve_attn_implementation("varlen", "cpu")
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: True)
+    assert resolve_attn_implementation("auto", "cuda", "bf16-mixed") == "flash_attention_2"
+    assert resolve_attn_implementation("sdpa", "cuda", "bf16-mixed") == "sdpa"

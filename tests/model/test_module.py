@@ -8,7 +8,8 @@ from lightning.pytorch import Trainer
 
 from panda.constants import IGNORE_INDEX
 from panda.model import PandaLM
-from panda.model.module import causal_lm_losses, check_vocabulary, loss_by_source
+from panda.model.module import causal_lm_losses, check_vocabulary, chunked_causal_lm_losses, \
+    loss_by_source
 from tests.model.conftest import contract_batch
 
 IG = IGNORE_INDEX
@@ -62,6 +63,52 @@ def test_instruction_loss_covers_only_the_response_and_eos(tokenizer, tiny_confi
     assert losses[0, : p - 1].abs().sum() == 0
 
 
+@pytest.mark.parametrize("chunk_tokens", [3, 4096])
+def test_chunked_loss_equals_the_reference_loss_and_gradients(chunk_tokens):
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 7, 16, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 7), generator=generator)
+    labels[0, :3] = IG  # a masked prompt
+    labels[1, 5:] = IG  # padding
+    grads = {}
+    for name in ("reference", "chunked"):
+        hidden.grad, head.weight.grad = None, None
+        if name == "reference":
+            losses, trained = causal_lm_losses(head(hidden), labels)
+        else:
+            losses, trained = chunked_causal_lm_losses(hidden, head, labels, chunk_tokens=chunk_tokens)
+        assert losses.shape == trained.shape == (2, 6)
+        (losses.sum() / trained.sum()).backward()
+        grads[name] = (losses.detach(), trained, hidden.grad.clone(), head.weight.grad.clone())
+    assert torch.equal(grads["reference"][1], grads["chunked"][1])
+    assert grads["chunked"][0][~grads["chunked"][1]].eq(0).all()
+    for reference, chunked in zip(grads["reference"], grads["chunked"]):
+        torch.testing.assert_close(chunked, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_training_loss_gradients_equal_the_full_logits_path(tiny_config, contract_datamodule):
+    torch.manual_seed(0)
+    model = PandaLM(config=tiny_config)
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    model._losses(batch)[0].backward()
+    chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    losses, trained = causal_lm_losses(model(batch), batch["labels"])
+    (losses.sum() / trained.sum()).backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(chunked[name], parameter.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_without_trained_tokens_is_zero_and_differentiable():
+    head = torch.nn.Linear(4, 9, bias=False)
+    hidden = torch.randn(1, 3, 4, requires_grad=True)
+    losses, trained = chunked_causal_lm_losses(hidden, head, torch.full((1, 3), IG))
+    loss = losses.sum() / trained.sum().clamp(min=1)
+    loss.backward()
+    assert loss.item() == 0 and not trained.any() and hidden.grad.eq(0).all()
+
+
 def test_loss_by_source_attributes_each_prediction_to_its_target_token():
     losses = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])  # (1, T-1) for T = 6
     trained = torch.tensor([[True, True, False, True, True]])
@@ -85,6 +132,17 @@ def test_fast_dev_run_fit_logs_losses_per_stage_and_source(tiny_config, contract
 
     smoke = PandaLM(config=tiny_config)
     _trainer(fast_dev_run=True).fit(smoke, contract_datamodule)
+
+
+def test_auto_attention_resolves_for_the_device_and_says_so(tiny_config, contract_datamodule, caplog):
+    model = PandaLM(config=tiny_config)  # attn_implementation="auto"
+    with caplog.at_level("INFO"):
+        _trainer(fast_dev_run=True).fit(model, contract_datamodule)
+    assert model.attn_implementation == model.hf_model.config._attn_implementation == "document_sdpa"
+    assert "attention: document_sdpa — per-document causal SDPA" in caplog.text
+    with pytest.raises(ValueError, match="model.attn_implementation=varlen runs on CUDA in bf16/fp16 only"):
+        _trainer(fast_dev_run=True).fit(PandaLM(config=tiny_config, attn_implementation="varlen"),
+                                        contract_datamodule)
 
 
 def test_val_loss_is_token_weighted_over_the_whole_set(tiny_config, contract_datamodule):
@@ -149,7 +207,7 @@ def test_vocabulary_check_names_both_sizes(tiny_config, tokenizer_dir, tokenizer
 
     data = Data()
     data.tokenizer = str(tokenizer_dir)
-    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} rows .* {len(tokenizer)} tokens"):
+    with pytest.raises(ValueError, match=f"{len(tokenizer) - 1} vocabulary rows .* {len(tokenizer)} tokens"):
         check_vocabulary(small.hf_model, data)
     check_vocabulary(PandaLM(config=tiny_config).hf_model, data)
 

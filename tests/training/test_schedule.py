@@ -73,3 +73,11 @@ def test_learning_rate_is_logged_and_plan_announced(tiny_config, contract_datamo
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     header = metrics.splitlines()[0].split(",")
     assert any(name.startswith("lr-AdamW") for name in header)
+
+
+def test_absolute_warmup_steps_next_to_the_fraction():
+
+    assert plan_schedule(1808, 0.01) == SchedulePlan(total_steps=1808, warmup_steps=19)
+    assert plan_schedule(1808, 0.01, warmup_steps=100) == SchedulePlan(total_steps=1808, warmup_steps=100)
+    with pytest.raises(ValueError, match="warmup_steps=1808 is not shorter than the run's 1808"):
+        plan_schedule(1808, 0.0, warmup_steps=1808)

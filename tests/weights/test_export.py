@@ -58,6 +58,21 @@ def test_export_round_trip_gives_the_modules_logits(tmp_path, tiny_config, token
         torch.testing.assert_close(exported(input_ids=input_ids).logits, expected, rtol=0, atol=0)
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert reloaded_tokenizer("人民日报")["input_ids"] == tokenizer("人民日报")["input_ids"]
+
+
+def test_export_output_is_readable_by_others_as_the_umask_says(tmp_path, tiny_config, tokenizer_dir):
+    import os
+    import stat
+
+    module = PandaLM(config=tiny_config, monitor_throughput=False)
+    save_checkpoint(module, tmp_path / "last.ckpt")
+    previous = os.umask(0o022)
+    try:
+        export_checkpoint(tmp_path / "last.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "hf").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()} == {0o644}
     assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
 
 
@@ -206,11 +221,12 @@ if __name__ == "__main__":
     zero_worker(*sys.argv[1:])
 
 
-def test_export_carries_the_chat_format_as_a_chat_template(tmp_path, tiny_config, tokenizer_dir, tokenizer):
+def test_export_carries_the_chat_format_as_a_chat_template(tmp_path, tiny_config, tokenizer_dir):
     """Servers read ``chat_template`` from tokenizer_config.json; it must prompt with the training ids."""
     from transformers import AutoTokenizer
 
     from panda.data.chat_format import ChatFormat, prompt_ids
+    from panda.data.tokenizer import load_tokenizer
 
     module = PandaLM(config=tiny_config, monitor_throughput=False)
     module.chat_format = ChatFormat("roles")
@@ -218,10 +234,10 @@ def test_export_carries_the_chat_format_as_a_chat_template(tmp_path, tiny_config
     export_checkpoint(tmp_path / "last.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
 
     config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
-    assert config["panda_chat_format"] == {"name": "roles", "multi_turn": "conversation"}
+    assert config["panda_chat_format"] == {"name": "roles", "multi_turn": "conversation", "join": " "}
     assert "用户: " in config["chat_template"] and not (tmp_path / "hf" / "chat_template.jinja").exists()
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "hf")
     messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
                 {"role": "user", "content": "今天天气怎么样？"}]
     rendered = reloaded.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
-    assert list(rendered) == prompt_ids(ChatFormat("roles").segments(messages), tokenizer)
+    assert list(rendered) == prompt_ids(ChatFormat("roles").segments(messages), load_tokenizer(tokenizer_dir))

@@ -91,7 +91,7 @@ def test_bad_paths_and_mismatched_tokenizers_are_one_line_user_errors(tmp_path, 
 
     small = dict(tiny_config, vocab_size=100)
     save_checkpoint(PandaLM(config=small, monitor_throughput=False), tmp_path / "small.ckpt")
-    with pytest.raises(UserError, match="has 4000 tokens but the model has 100 vocabulary rows") as mismatch:
+    with pytest.raises(UserError, match="small.ckpt has 100 vocabulary rows but tokenizer .* has 4000 tokens") as mismatch:
         load_pretrained(tmp_path / "small.ckpt", tokenizer_dir, device="cpu")
     assert "\n" not in str(mismatch.value)
     with pytest.raises(UserError, match="no tokenizer found"):

@@ -96,3 +96,54 @@ def test_extend_vocabulary_end_to_end_then_embedding_only_training(tmp_path, tok
     module = PandaLM(pretrained=str(tmp_path / "extended"), trainable="embeddings", monitor_throughput=False)
     trainable = sorted(name for name, p in module.named_parameters() if p.requires_grad)
     assert trainable == ["model.lm_head.weight", "model.model.embed_tokens.weight"]
+
+
+def test_add_pad_reproduces_the_reference_vocabulary(stock_llama_dir, tmp_path):
+    """`panda weights add-pad`: <pad> at the next id, embed_tokens/lm_head one row longer, new row = mean of old."""
+    from transformers import AutoModelForCausalLM
+
+    from panda.weights.__main__ import main
+    from panda.weights.vocab import add_pad_token
+
+    assert main(["add-pad", str(stock_llama_dir), str(tmp_path / "pad")]) == 0
+    old = AutoModelForCausalLM.from_pretrained(stock_llama_dir)
+    new = AutoModelForCausalLM.from_pretrained(tmp_path / "pad")
+    tokenizer = load_tokenizer(tmp_path / "pad", fill_pad=False)
+    assert (tokenizer.pad_token, tokenizer.pad_token_id, len(tokenizer)) == ("<pad>", 4000, 4001)
+    assert new.config.pad_token_id == 4000 and new.config.vocab_size == 4001
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        before, after = getattr(old, get)().weight, getattr(new, get)().weight
+        assert after.shape == (4001, before.shape[1])
+        torch.testing.assert_close(after[:4000], before, rtol=0, atol=0)
+        torch.testing.assert_close(after[4000], before.mean(0), rtol=0, atol=1e-7)
+    assert tokenizer("中国人民")["input_ids"] == load_tokenizer(stock_llama_dir)("中国人民")["input_ids"]
+    with pytest.raises(ValueError, match="already has a pad token '<pad>' \\(id 4000\\)"):
+        add_pad_token(str(tmp_path / "pad"), str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
+
+
+def test_deltas_work_for_both_vocabulary_sizes(stock_llama_dir, tmp_path):
+    """A 32001-style model (add-pad) released as a delta against the stock 32000-style base, and rebuilt bit for bit;
+    the same for a delta between two stock-size models."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from panda.weights.delta import apply_delta, make_delta
+    from panda.weights.vocab import add_pad_token
+
+    add_pad_token(str(stock_llama_dir), str(tmp_path / "pad"))
+    trained = AutoModelForCausalLM.from_pretrained(stock_llama_dir)
+    with torch.no_grad():
+        trained.model.layers[0].mlp.up_proj.weight.add_(0.5)
+    trained.save_pretrained(tmp_path / "stock-trained")
+    for target in ("pad", "stock-trained"):
+        make_delta(stock_llama_dir, tmp_path / target, tmp_path / f"delta-{target}")
+        apply_delta(stock_llama_dir, tmp_path / f"delta-{target}", tmp_path / f"rebuilt-{target}")
+        expected = AutoModelForCausalLM.from_pretrained(tmp_path / target).state_dict()
+        rebuilt = AutoModelForCausalLM.from_pretrained(tmp_path / f"rebuilt-{target}").state_dict()
+        assert rebuilt.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(rebuilt[name], expected[name]), (target, name)
+    assert rebuilt["model.embed_tokens.weight"].shape[0] == 4000
+    assert load_file(next((tmp_path / "rebuilt-pad").glob("*.safetensors")))["model.embed_tokens.weight"].shape[0] \
+        == 4001
