@@ -43,9 +43,11 @@ def _data(tokenizer_dir, corpus, tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("command", [*LIGHTNING_COMMANDS, *COMMANDS])
 def test_every_command_answers_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
-    assert exit_info.value.code in (0, None)
+    try:
+        status = main([command, "--help"])
+    except SystemExit as exit_:  # argparse-style parsers exit after printing help
+        status = exit_.code or 0
+    assert status == 0
     assert "usage" in capsys.readouterr().out.lower()
 
 
