@@ -36,11 +36,12 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from panda.constants import IGNORE_INDEX
+from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, training_chat_format
 from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
     resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
     trainable_state_dict
-from panda.training.guards import raise_if_not_finite, warn_about_precision
+from panda.training.guards import NonFiniteGuard, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
 
@@ -213,6 +214,7 @@ class PandaLM(LightningModule):
             self.strict_loading = False  # checkpoints hold the adapters; the frozen body comes from `pretrained`
 
         self.source_names: list[str] = []
+        self.chat_format: ChatFormat | None = None
         self.schedule_plan: SchedulePlan | None = None
         self.flops_per_token = self.forward_flops_per_token = 0
         self._last_batch: tuple[int, dict[str, torch.Tensor]] | None = None  # (FLOPs per token, batch)
@@ -235,6 +237,7 @@ class PandaLM(LightningModule):
         if not self.val_source_loss and self.source_names:
             self.val_source_loss.extend(MeanMetric() for _ in self.source_names)
         check_vocabulary(self.hf_model, datamodule)
+        self.chat_format = training_chat_format(getattr(datamodule, "sources", None) or [])
         warn_about_precision(str(self.trainer.precision), self.trainer.strategy.root_device.type)
         if self.hparams.load_dtype == "bfloat16" and not isinstance(self.trainer.strategy, DeepSpeedStrategy) \
                 and self.trainer.precision != "bf16-true":
@@ -254,10 +257,10 @@ class PandaLM(LightningModule):
                        f"{self.hparams.attn_implementation}, {device}, precision {precision})")
 
     def configure_callbacks(self):
-        if not self.monitor_throughput:
-            return []
         present = {type(c) for c in self.trainer.callbacks}
-        callbacks = []
+        callbacks = [] if any(issubclass(t, NonFiniteGuard) for t in present) else [NonFiniteGuard()]
+        if not self.monitor_throughput:
+            return callbacks
         if not any(issubclass(t, ThroughputMonitor) for t in present):
             callbacks.append(PandaThroughputMonitor())
         if self.trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in present):
@@ -304,8 +307,6 @@ class PandaLM(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, losses, trained, count = self._losses(batch)
-        raise_if_not_finite(loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx,
-                            sources=lambda: self._sources_of(batch), strategy=self.trainer.strategy)
         rows = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/ppl", torch.exp(loss.detach()), batch_size=rows)
@@ -376,20 +377,10 @@ class PandaLM(LightningModule):
         )
         return train, 2 * num_params + attention
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:  # DeepSpeed keeps reduced gradients in its own buffers; see on_train_batch_end
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        strategy = self.trainer.strategy
-        norm = strategy.deepspeed_engine.get_global_grad_norm() if isinstance(strategy, DeepSpeedStrategy) else None
-        if norm is not None:  # the norm of the last optimizer step, before clipping
-            self.log("train/grad_norm", float(norm))
-
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.chat_format is not None:  # how prompts were rendered: generate, chat and export prompt the same way
+            checkpoint[CHAT_FORMAT_KEY] = self.chat_format.as_dict()
         if self.lora is not None and self.lora.save_adapters_only and "state_dict" in checkpoint:
             checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
 
