@@ -74,7 +74,32 @@ class PandaCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """jsonargparse's parse, with its usage-and-error message turned into a :class:`ConfigError` of one or two
-        lines (unless debugging); the run's own output is untouched, only the parse is captured."""
+        lines (unless debugging); the run's own output is untouched, only the parse is captured.
+
+        ``--print_config`` first checks the configuration as a run would (jsonargparse's printer skips the
+        required-key check), so a printed config is one that runs; ``--help`` also lists the init arguments of
+        Panda's training module and data module, which the generic ``--model CONFIG | CLASS_PATH`` hides.
+        """
+        args = list(sys.argv[1:] if args is None else args)
+        if any(a.split("=")[0] == "--print_config" for a in args):
+            self._parse(parser, [a for a in args if a.split("=")[0] != "--print_config"])
+        try:
+            self._parse(parser, args)
+        except SystemExit as exit_:
+            if exit_.code in (0, None) and ("-h" in args or "--help" in args) and args[0] in LIGHTNING_COMMANDS:
+                print(_class_help())
+            raise
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning unpickles it (for its saved hyper-parameters) and before anything
+        is built: a missing or truncated checkpoint is one line naming the file, not a raw unpickling error."""
+        from panda.training.checkpoint import check_checkpoint_path
+
+        if self.config.get("subcommand"):
+            check_checkpoint_path(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
+    def _parse(self, parser, args: list[str]) -> None:
         if debugging():
             return super().parse_arguments(parser, args)
         captured = io.StringIO()
@@ -92,13 +117,31 @@ class PandaCLI(LightningCLI):
         sys.stderr.write(captured.getvalue())
 
 
+def _class_help() -> str:
+    """The init arguments of PandaLM and PandaDataModule as ``--model.init_args.*`` / ``--data.init_args.*``."""
+    from jsonargparse import ArgumentParser
+
+    from panda.data import PandaDataModule
+    from panda.model import PandaLM
+
+    parts = []
+    for key, cls in (("model", PandaLM), ("data", PandaDataModule)):
+        class_parser = ArgumentParser(prog=f"{key}: {cls.__module__}.{cls.__qualname__}", add_help=False)
+        class_parser.add_class_arguments(cls, f"{key}.init_args", fail_untyped=False, sub_configs=True)
+        parts.append(class_parser.format_help())
+    return "\n".join(parts)
+
+
 class _ParseOnlyCLI(PandaCLI):
     def instantiate_classes(self) -> None:
         """Parsing (types, required keys, class paths) only: no model weights, data or trainer are built."""
 
 
 def _cli_kwargs() -> dict:
-    return {"subclass_mode_model": True, "subclass_mode_data": True, "save_config_kwargs": {"overwrite": True}}
+    # auto_configure_optimizers=False: PandaLM builds its optimizer with the step-sized LR schedule; a generic
+    # --optimizer/--lr_scheduler would silently replace both, so they are not offered (see panda.cli_errors)
+    return {"subclass_mode_model": True, "subclass_mode_data": True, "save_config_kwargs": {"overwrite": True},
+            "auto_configure_optimizers": False}
 
 
 def lightning(args: list[str], run: bool = True) -> PandaCLI:
@@ -106,7 +149,17 @@ def lightning(args: list[str], run: bool = True) -> PandaCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # `panda fit ...` passes its own argv as `args` (no sys.argv swapping); Lightning warns when both are set
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    _quiet_deepspeed_on_cpu()
     return PandaCLI(LightningModule, LightningDataModule, args=args, run=run, **_cli_kwargs())
+
+
+def _quiet_deepspeed_on_cpu() -> None:
+    """Without a GPU, DeepSpeed's import logs "Setting accelerator to CPU" on *stdout*, which would corrupt
+    ``--print_config > run.yaml``; naming the CPU accelerator up front is what the message asks for."""
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def parse(args: list[str]) -> Namespace:

@@ -57,9 +57,12 @@ def condense(text: str) -> str:
 
 
 def _dotted_key(message: str) -> str | None:
-    """``Parser key "model"`` … ``Parser key "optimizer"`` → ``model.init_args.optimizer``."""
+    """``Parser key "model"`` … ``Parser key "optimizer"`` → ``model.init_args.optimizer``; deeper levels (a
+    source's ``format``) are joined with a dot: ``data.init_args.sources.format``."""
     keys = _PARSER_KEY.findall(message)
-    return ".init_args.".join(keys) if keys else None
+    if not keys:
+        return None
+    return ".".join([f"{keys[0]}.init_args.{keys[1]}" if len(keys) > 1 else keys[0], *keys[2:]])
 
 
 def _innermost_class(message: str) -> str | None:
@@ -71,7 +74,13 @@ def _plain(expected: str) -> str:
     """``Expected a <class 'int'>. Got value: x`` → ``expected int, got 'x'``."""
     expected = re.sub(r"<class '([^']+)'>", r"\1", expected).rstrip(".")
     match = re.match(r"Expected a (.+?)\. Got value: (.*)", expected)
-    return f"expected {match.group(1)}, got {match.group(2)!r}" if match else expected
+    if match is None:
+        return expected
+    kind, value = match.groups()
+    if (choices := re.fullmatch(r"typing\.Literal\[(.*)\]", kind)) is not None:
+        names = re.findall(r"'([^']*)'", choices.group(1))
+        return f"{value!r} is not one of {', '.join(names)}{did_you_mean(value, names)}"
+    return f"expected {kind}, got {value!r}"
 
 
 def _first(pattern: re.Pattern, text: str) -> str | None:
@@ -129,6 +138,9 @@ def _unrecognized(arguments: list[str]) -> str:
         return f"unexpected argument(s): {' '.join(arguments)}"
     option = options[0].lstrip("-")
     group, _, name = option.partition(".")
+    if group in ("optimizer", "lr_scheduler"):
+        return (f"--{group}: set model.init_args.optimizer (class_path and init_args) and model.init_args.lr_schedule "
+                "instead; PandaLM builds the optimizer together with its step-sized learning-rate schedule")
     if group == "trainer" and name and "." not in name:
         from lightning.pytorch import Trainer
 

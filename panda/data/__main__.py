@@ -1,44 +1,67 @@
-"""Look at the training data exactly as ``fit`` will see it: ``python -m panda.data {preview,stats}``.
+"""``panda data preview|stats|prepare`` (also ``python -m panda.data …``): the training data exactly as ``fit`` sees it.
 
-Both tools read the same YAML layers as training (repeated ``--config``, last wins; ``--data`` fragments; any
-``--data.init_args.*`` override) through the project's LightningCLI parser (:func:`panda.cli.parse`), then build
-only the data module — never the model or the trainer — so what they show is what the training run gets::
+Each tool reads the same YAML layers as training (repeated ``--config``, last wins; ``--data`` fragments; any
+``--data.init_args.*`` override) with the training CLI's own parser (jsonargparse, as LightningCLI) plus its own
+options, then builds only the data module — never the model or the trainer::
 
-    python -m panda.data preview --config configs/base.yaml --config configs/experiments/demo.yaml --num 2
-    python -m panda.data stats --config configs/base.yaml --data configs/data/coig_sft.yaml
+    panda data prepare --config configs/base.yaml --config configs/experiments/panda_7b.yaml
+    torchrun --nnodes 2 --nproc-per-node 8 -m panda.data prepare --config ...   # every rank builds a share
+    panda data preview --config configs/base.yaml --config configs/experiments/demo.yaml --num 2
+    panda data stats --config configs/base.yaml --data configs/data/coig_sft.yaml
 
-``preview`` prints one JSON line per training sequence (a packed row, in training order): ``input_ids``,
-``labels``, ``position_ids``, the source of each document and the decoded ``text`` with every span that gets no
-loss wrapped in ``[[…]]``. ``stats`` prints the per-source table (records read/used/skipped, examples, tokens,
-loss tokens, truncated), the realized mixture of epoch 0 against the weights, and the useful-token fraction.
+``prepare`` builds every source's cache ahead of a launch (``num_proc`` processes per rank; under torchrun each rank
+builds a disjoint share) and prints the per-source table. ``preview`` prints one JSON line per training row (a
+packed row, in training order): ``input_ids``, ``labels``, ``position_ids``, the source of each document and the
+decoded ``text`` with every span that gets no loss wrapped in ``[[…]]``. ``stats`` prints the per-source table, the
+realized mixture of epoch 0 against the weights, and the useful-token fraction.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+import warnings
 
+from lightning.pytorch import LightningDataModule, LightningModule
+
+from panda.cli import PandaCLI, _cli_kwargs
 from panda.constants import IGNORE_INDEX
+from panda.errors import ConfigError, did_you_mean, report_user_errors
+
+TOOLS = {
+    "prepare": ("build every source's cache ahead of a launch (every rank of a torchrun job builds a share)", {}),
+    "preview": ("print training rows as JSON lines", {"num": (int, 4, "rows to print")}),
+    "stats": ("print per-source counts, the realized mixture and the useful-token fraction", {}),
+}
+"""name → (what it does, its own options: name → (type, default, help))."""
 
 
-def parse_config(cli_args: list[str]):
-    """The configuration ``lightning_main.py fit <cli_args>`` would run with (``--config`` layers, ``--data``
-    fragments, ``--data.init_args.*`` overrides), parsed by the training CLI without building anything."""
-    from panda.cli import parse
+class _DataToolCLI(PandaCLI):
+    """The training CLI's parser with one tool's options added; parses only (nothing is instantiated)."""
 
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments come from `cli_args`, not this tool's command line
-    try:
-        return parse(cli_args)
-    finally:
-        sys.argv = argv
+    tool_options: dict = {}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        for name, (kind, default, text) in self.tool_options.items():
+            parser.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
+
+    def instantiate_classes(self) -> None:
+        """Parsing only: the tools build the data module themselves."""
+
+
+def parse_config(cli_args: list[str], tool: str = "stats"):
+    """The configuration ``panda fit <cli_args>`` would run with, plus ``tool``'s options, parsed and checked."""
+    cli = type(f"{tool.title()}CLI", (_DataToolCLI,), {"tool_options": TOOLS[tool][1]})
+    with warnings.catch_warnings():  # the arguments are given as `args` on purpose (this is not `fit`'s argv)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return cli(LightningModule, LightningDataModule, args=cli_args, run=False, **_cli_kwargs()).config
 
 
 def datamodule_from_config(config):
     """Build only the data module of a parsed configuration, sized for rank 0 of the configured devices."""
     from jsonargparse import Namespace
-    from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningArgumentParser
 
     parser = LightningArgumentParser()
@@ -67,13 +90,19 @@ def _world_size(trainer) -> int:
 
 
 def marked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
-    """Decode ``input_ids``, wrapping every run of tokens whose label is ``IGNORE_INDEX`` in ``[[…]]``."""
-    pieces, start = [], 0
+    """Decode ``input_ids``, wrapping every run of tokens whose label is ``IGNORE_INDEX`` in ``[[…]]``.
+
+    Each run's text is what it adds to the decoded text before it (not the run decoded alone, which would drop the
+    leading space SentencePiece strips at the start of a text: a FLAN target ``" 2"`` must show as ``" 2"``).
+    """
+    pieces, start, shown = [], 0, ""
     for end in range(1, len(input_ids) + 1):
         if end == len(input_ids) or (labels[end] == IGNORE_INDEX) != (labels[start] == IGNORE_INDEX):
-            text = tokenizer.decode(input_ids[start:end], skip_special_tokens=False)
-            pieces.append(f"[[{text}]]" if labels[start] == IGNORE_INDEX else text)
-            start = end
+            text = tokenizer.decode(input_ids[:end], skip_special_tokens=False)
+            piece = text[len(shown):] if text.startswith(shown) else \
+                tokenizer.decode(input_ids[start:end], skip_special_tokens=False)
+            pieces.append(f"[[{piece}]]" if labels[start] == IGNORE_INDEX else piece)
+            start, shown = end, text
     return "".join(pieces)
 
 
@@ -120,30 +149,56 @@ def stats(dm, accumulate: int = 1, out=None) -> None:
     out.write(f"loss-token fraction: {epoch['loss_fraction']:.4f} (tokens that get loss / real tokens)\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = argparse.ArgumentParser(prog="python -m panda.data", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("preview", "print training sequences as JSON lines"),
-                            ("stats", "print per-source counts, the realized mixture and the useful-token fraction")):
-        command = commands.add_parser(name, help=help_text,
-                                      epilog="Other arguments (--config FILE, --data FILE, --data.init_args.KEY VALUE) "
-                                             "go to the training CLI's parser, exactly as for `lightning_main.py fit`.")
-        if name == "preview":
-            command.add_argument("--num", type=int, default=4, help="rows to print (default 4)")
-    args, cli_args = parser.parse_known_args(argv)
-    if not any(a.split("=")[0] in ("--config", "-c", "--data") for a in cli_args):
-        parser.error(f"{args.command} needs --config FILE (the YAML layers of the training run)")
-    config = parse_config(cli_args)
-    dm = datamodule_from_config(config)
-    dm.prepare_data()
+def prepare(dm, out=None) -> None:
+    """Build every cache (every rank of a ``torchrun`` job takes a share), then print the source table on rank 0."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # only the build's object collectives and barriers: CPU is enough
+    dm.world_size = dist.get_world_size() if dist.is_initialized() else 1
     dm.setup("fit")
-    if args.command == "preview":
-        preview(dm, args.num)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        (out or sys.stdout).write(dm.summary() + "\n")
+
+
+def _usage() -> str:
+    width = max(map(len, TOOLS))
+    lines = ["usage: panda data {" + ",".join(TOOLS) + "} --config FILE [--config FILE ...] [options]", "",
+             __doc__.split("\n\n")[0], ""]
+    lines += [f"  {name.ljust(width)}  {what}" for name, (what, _) in TOOLS.items()]
+    lines += ["", "Other options (--config, --data FILE, --data.init_args.KEY VALUE, --trainer.*) are the training "
+              "CLI's, exactly as for `panda fit`; `panda data TOOL --help` lists them."]
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    tool, rest = argv[0], argv[1:]
+    if tool not in TOOLS:
+        raise ConfigError(f"unknown data tool {tool!r}{did_you_mean(tool, TOOLS)}; choose one of {', '.join(TOOLS)}")
+    if not any(a in ("-h", "--help") or a.split("=")[0] in ("--config", "-c", "--data") for a in rest):
+        raise ConfigError(f"panda data {tool} needs --config FILE (the YAML layers of the training run)")
+    config = parse_config(rest, tool)
+    dm = datamodule_from_config(config)
+    if tool == "prepare":
+        prepare(dm)
+        return 0
+    dm.setup("fit")
+    if tool == "preview":
+        preview(dm, config.num)
     else:
         stats(dm, config.trainer.accumulate_grad_batches or 1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one data tool; a user error is one line on stderr (exit status 1, or 2 for a command-line mistake)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return report_user_errors("panda data", lambda: run(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -51,6 +51,7 @@ from panda.data.report import BadRecordError, ReadReport, RecordProblem, SourceC
 from panda.data.sources import CorpusSource, count_records
 from panda.data.tokenize import EncodingStats, Truncation, encode_examples
 from panda.errors import UserError
+from panda.io import atomic_directory, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,8 @@ def _publish(job_index: int) -> None:
 
 
 def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def build_share(jobs: Sequence[Job], share: Share, tokenizer, settings: Settings) -> tuple[int, int]:
@@ -294,12 +293,12 @@ def build_share(jobs: Sequence[Job], share: Share, tokenizer, settings: Settings
 
 def publish(job: Job, settings: Settings) -> None:
     """Concatenate a job's finished shares in order, pack the rows, and publish the cache directory."""
-    infos = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(job.work.glob("*.json"))
-             if p.name != "index.json"]
+    infos = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(job.work.glob("0*.json"))]
     bases = [job.work / f"{k:06d}" for k in range(len(infos))]
-    tmp = job.final.with_name(f".{job.final.name}.partial-{uuid.uuid4().hex[:12]}")
-    tmp.mkdir()
-    try:
+    if (job.final / "meta.json").exists():  # another builder published it first: the same content
+        shutil.rmtree(job.work, ignore_errors=True)
+        return
+    with atomic_directory(job.final, overwrite=True) as tmp:
         with pa.OSFile(str(tmp / "sequences.arrow"), "wb") as sink, \
                 pa.ipc.new_stream(sink, settings.schema) as writer:
             for base in bases:
@@ -331,13 +330,6 @@ def publish(job: Job, settings: Settings) -> None:
             "shares": len(infos), "key_inputs": job.inputs,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
-        if (job.final / "meta.json").exists():  # another builder published it first: the same content
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, job.final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(job.work, ignore_errors=True)
     log.info("cached source %r: %d sequences in %d rows at %s", job.source.name, len(lengths), len(offsets) - 1,
              job.final)

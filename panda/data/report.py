@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from panda.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +47,10 @@ class RecordProblem:
         return f"{self.where}: {self.reason}"
 
 
-class BadRecordError(ValueError):
-    """Raised at the first bad record of a ``strict`` source. ``problem`` holds the :class:`RecordProblem`."""
+class BadRecordError(UserError, ValueError):
+    """Raised at the first bad record of a ``strict`` source. ``problem`` holds the :class:`RecordProblem`.
+
+    A user error (the corpus needs fixing, or ``strict: false``): the ``panda`` command prints it as one line."""
 
     def __init__(self, problem: RecordProblem, source: str = "") -> None:
         self.problem = problem

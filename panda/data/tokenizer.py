@@ -115,6 +115,9 @@ def load_tokenizer(path: str | Path, *, fill_pad: bool = True):
     if not Path(path).is_dir():
         raise UserError(f"tokenizer {path}: no such directory (expected a save_pretrained tokenizer or model "
                         "directory; nothing is downloaded from the hub)")
+    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise UserError(f"tokenizer {path}: no tokenizer.json, tokenizer.model or tokenizer_config.json in this "
+                        "directory")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if fill_pad and tokenizer.pad_token_id is None:
         fill = fill_token_id(tokenizer, where=str(path))

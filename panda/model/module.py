@@ -40,7 +40,7 @@ from panda.model.attention import AttnImplementation, describe, packed_forward_k
     resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
     trainable_state_dict
-from panda.training.guards import raise_if_not_finite, warn_about_precision
+from panda.training.guards import NonFiniteGuard, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
 
@@ -254,10 +254,10 @@ class PandaLM(LightningModule):
                        f"{self.hparams.attn_implementation}, {device}, precision {precision})")
 
     def configure_callbacks(self):
-        if not self.monitor_throughput:
-            return []
         present = {type(c) for c in self.trainer.callbacks}
-        callbacks = []
+        callbacks = [] if any(issubclass(t, NonFiniteGuard) for t in present) else [NonFiniteGuard()]
+        if not self.monitor_throughput:
+            return callbacks
         if not any(issubclass(t, ThroughputMonitor) for t in present):
             callbacks.append(PandaThroughputMonitor())
         if self.trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in present):
@@ -304,8 +304,6 @@ class PandaLM(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, losses, trained, count = self._losses(batch)
-        raise_if_not_finite(loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx,
-                            sources=lambda: self._sources_of(batch), strategy=self.trainer.strategy)
         rows = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/ppl", torch.exp(loss.detach()), batch_size=rows)
@@ -375,18 +373,6 @@ class PandaLM(LightningModule):
             num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, context=context,
         )
         return train, 2 * num_params + attention
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:  # DeepSpeed keeps reduced gradients in its own buffers; see on_train_batch_end
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        strategy = self.trainer.strategy
-        norm = strategy.deepspeed_engine.get_global_grad_norm() if isinstance(strategy, DeepSpeedStrategy) else None
-        if norm is not None:  # the norm of the last optimizer step, before clipping
-            self.log("train/grad_norm", float(norm))
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

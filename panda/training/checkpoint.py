@@ -207,3 +207,40 @@ def _gather_rng_states() -> list[dict[str, Any]]:
     gathered: list[Any] = [None] * world_size
     torch.distributed.all_gather_object(gathered, states)
     return gathered
+
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_path(ckpt_path: str | None) -> None:
+    """Refuse a ``--ckpt_path`` that cannot be resumed from, before any model is built, naming the file.
+
+    Cheap checks only (a 7B checkpoint is tens of GB): a file must be a complete zip archive (``torch.save``'s
+    format: its directory sits at the end, so a truncated copy fails here); a DeepSpeed folder must name its tag in
+    ``latest`` and hold that tag's model states, each a complete archive. ``last``/``best`` are Lightning's.
+    """
+    import zipfile
+
+    from panda.errors import UserError
+
+    if ckpt_path is None or ckpt_path in LIGHTNING_CKPT_NAMES or "://" in str(ckpt_path):
+        return
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise UserError(f"--ckpt_path {path}: no such checkpoint file or folder")
+    if path.is_dir():
+        latest = path / "latest"
+        tag_dir = path / latest.read_text().strip() if latest.is_file() else path / "checkpoint"
+        archives = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+        if not any(a.name.endswith("model_states.pt") for a in archives):
+            raise UserError(f"--ckpt_path {path}: not a checkpoint (a DeepSpeed folder needs `latest` and "
+                            f"{tag_dir.name}/*model_states.pt)")
+    else:
+        archives = [path]
+    for archive in archives:
+        try:
+            with zipfile.ZipFile(archive) as opened:
+                opened.infolist()
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UserError(f"--ckpt_path {path}: {archive.name} is truncated or not a PyTorch checkpoint "
+                            f"({error}); resume from an earlier checkpoint") from None

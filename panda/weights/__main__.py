@@ -16,6 +16,8 @@ import sys
 
 from jsonargparse import CLI
 
+from panda.errors import report_user_errors
+
 from panda.weights.delta import apply_delta, make_delta
 from panda.weights.export import export_checkpoint
 from panda.weights.vocab import add_pad_token, extend_vocabulary
@@ -32,12 +34,12 @@ COMMANDS = {
 def main(args: list[str] | None = None) -> int:
     """Run one command; a mistake the user can fix (wrong base, truncated file, …) is one line on stderr, exit 1."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        result = CLI(COMMANDS, args=args, prog="python -m panda.weights",
-                     description="Panda weight tools: deltas, export to Hugging Face, vocabulary extension.")
-    except (OSError, ValueError) as error:  # WeightFileError and WrongBaseError are ValueErrors
-        print(f"python -m panda.weights: error: {error}", file=sys.stderr)
-        return 1
+    return report_user_errors("panda weights", lambda: _run(args))
+
+
+def _run(args: list[str] | None) -> int:
+    result = CLI(COMMANDS, args=args, prog="panda weights",
+                 description="Panda weight tools: deltas, export to Hugging Face, vocabulary extension.")
     if result is not None and not hasattr(result, "summary"):
         print(f"wrote {result}")
     return 0

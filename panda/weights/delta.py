@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from panda.errors import UserError
+from panda.progress import progress
 from panda.weights.shards import (
     DTYPE_NAMES, SAFETENSORS_DTYPES, PlannedTensor, ShardWriter, WeightFileError, WeightReader, atomic_directory,
     copy_model_files, tensor_sha256,
@@ -51,7 +53,7 @@ BIT_VIEWS: dict[torch.dtype, torch.dtype] = {
 REFERENCE_WHOLE_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
 
 
-class WrongBaseError(ValueError):
+class WrongBaseError(UserError, ValueError):
     """The base weights given to ``apply`` are not the ones the delta was made from."""
 
 
@@ -97,7 +99,7 @@ def make_delta(base: str | Path, target: str | Path, output: str | Path, *, max_
 
     with atomic_directory(output, overwrite=overwrite) as staging:
         with ShardWriter(staging, plan, prefix="delta", max_shard_size=max_shard_size) as writer:
-            for name, entry in entries.items():
+            for name, entry in progress(entries.items(), desc="delta-make", total=len(entries), unit="tensor"):
                 target_tensor = target_reader.get(name)
                 entry["target_sha256"] = tensor_sha256(target_tensor)
                 if entry["mode"] == "xor":
@@ -192,7 +194,7 @@ def _apply_verified(base: Path, delta: Path, output: Path, max_shard_size: str, 
     with atomic_directory(output, overwrite=overwrite) as staging:
         with ShardWriter(staging, plan, prefix="model", max_shard_size=max_shard_size,
                          hash_files=False) as writer:
-            for name, entry in entries.items():
+            for name, entry in progress(entries.items(), desc="delta-apply", total=len(entries), unit="tensor"):
                 if name not in delta_reader:
                     raise WeightFileError(f"{delta}: tensor {name!r} listed in {manifest_path.name} is in no shard")
                 stored = delta_reader.get(name)
@@ -243,7 +245,7 @@ def _apply_reference(base: Path, delta: Path, output: Path, max_shard_size: str,
     with atomic_directory(output, overwrite=overwrite) as staging:
         with ShardWriter(staging, plan, prefix="model", max_shard_size=max_shard_size,
                          hash_files=False) as writer:
-            for name in delta_reader:
+            for name in progress(delta_reader, desc="delta-apply", total=len(plan), unit="tensor"):
                 stored = delta_reader.get(name)
                 if name not in whole:
                     stored = (stored.float() + base_reader.get(name).float()).to(stored.dtype)

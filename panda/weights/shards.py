@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from panda.errors import UserError
 from panda.io import atomic_directory  # noqa: F401 - the weight tools' one way to publish a folder
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -40,7 +41,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
-class WeightFileError(ValueError):
+class WeightFileError(UserError, ValueError):
     """A weight file that cannot be used; the message names the file (and the tensor, where one is at fault)."""
 
 

@@ -90,7 +90,47 @@ def test_marked_text_wraps_unlearned_spans(tokenizer):
     assert text.startswith("[[<s>") and text.endswith("</s>")
 
 
-def test_missing_config_is_an_error(capsys):
-    with pytest.raises(SystemExit):
-        main(["stats"])
-    assert "needs --config" in capsys.readouterr().err
+def test_missing_config_and_unknown_tool_are_one_line_errors(capsys):
+    assert main(["stats"]) == 2
+    assert capsys.readouterr().err.strip() == ("panda data: error: panda data stats needs --config FILE (the YAML "
+                                               "layers of the training run)")
+    assert main(["stast", "--config", "x.yaml"]) == 2
+    assert "unknown data tool 'stast' (did you mean 'stats'?)" in capsys.readouterr().err
+
+
+def test_each_tool_has_help_with_its_own_and_the_training_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["preview", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--num NUM" in out
+    assert "--config" in out and "--trainer" in out
+
+
+def test_preview_text_keeps_the_leading_space_of_a_trained_span(tokenizer):
+    from panda.data.records import Example, Segment
+    from panda.data.tokenize import encode_example
+
+    example = Example((Segment("问题：1+1=", False), Segment(" 2", True)), source="flan")
+    sequence = encode_example(example, tokenizer, 64).sequences[0]
+    text = marked_text(tokenizer, sequence.input_ids, sequence.labels)
+    assert text.endswith("]] 2</s>")  # what is trained is " 2", not "2"
+    assert text.replace("[[", "").replace("]]", "") == tokenizer.decode(sequence.input_ids)
+
+
+def test_stats_prints_the_source_table_once(configs, capsys, caplog):
+    base, layer = configs
+    main(["stats", "--config", str(base), "--config", str(layer)])
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err + caplog.text).count("loss_tok") == 1
+
+
+def test_prepare_builds_every_cache_ahead_of_a_launch(configs, capsys, tmp_path):
+    base, layer = configs
+    assert main(["prepare", "--config", str(base), "--config", str(layer), "--data.init_args.num_proc", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("source") and "news" in out and "coig" in out
+    published = [p for p in (tmp_path / "cache").iterdir() if (p / "meta.json").exists()]
+    assert sorted(p.name.split("-")[0] for p in published) == ["coig", "news"]
+    assert main(["prepare", "--config", str(base), "--data.init_args.num_proc", "4096"]) == 1
+    assert "data.num_proc 4096 is more than the" in capsys.readouterr().err

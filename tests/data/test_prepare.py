@@ -140,7 +140,7 @@ def test_a_killed_build_keeps_its_finished_shares_and_resumes(sources, tokenizer
     work = sorted((tmp_path / "cache").glob("*.shares"))
     assert len(work) == 3 and sum(len(list(w.glob("0*.json"))) for w in work) == 3
     assert not [p for p in (tmp_path / "cache").iterdir() if (p / "meta.json").exists()]  # nothing published
-    (work[0] / ".000004.arrow.tmp-99").write_bytes(b"half a share")  # a share the kill cut off
+    (work[0] / ".000004.arrow.partial-0123abcd").write_bytes(b"half a share")  # a share the kill cut off
     resumed = []
     monkeypatch.setattr(prepare, "build_share", lambda *args: resumed.append(args[1]) or real(*args))
     results = build(sources, tokenizer, tokenizer_dir, tmp_path / "cache")
