@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from panda.constants import IGNORE_INDEX
+from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, training_chat_format
 from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
     resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
@@ -213,6 +214,7 @@ class PandaLM(LightningModule):
             self.strict_loading = False  # checkpoints hold the adapters; the frozen body comes from `pretrained`
 
         self.source_names: list[str] = []
+        self.chat_format: ChatFormat | None = None
         self.schedule_plan: SchedulePlan | None = None
         self.flops_per_token = self.forward_flops_per_token = 0
         self._last_batch: tuple[int, dict[str, torch.Tensor]] | None = None  # (FLOPs per token, batch)
@@ -235,6 +237,7 @@ class PandaLM(LightningModule):
         if not self.val_source_loss and self.source_names:
             self.val_source_loss.extend(MeanMetric() for _ in self.source_names)
         check_vocabulary(self.hf_model, datamodule)
+        self.chat_format = training_chat_format(getattr(datamodule, "sources", None) or [])
         warn_about_precision(str(self.trainer.precision), self.trainer.strategy.root_device.type)
         if self.hparams.load_dtype == "bfloat16" and not isinstance(self.trainer.strategy, DeepSpeedStrategy) \
                 and self.trainer.precision != "bf16-true":
@@ -376,6 +379,8 @@ class PandaLM(LightningModule):
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.chat_format is not None:  # how prompts were rendered: generate, chat and export prompt the same way
+            checkpoint[CHAT_FORMAT_KEY] = self.chat_format.as_dict()
         if self.lora is not None and self.lora.save_adapters_only and "state_dict" in checkpoint:
             checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
 
