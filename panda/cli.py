@@ -43,6 +43,8 @@ COMMANDS = {
     "data": "panda.data.__main__:main",
     "eval": "panda.eval.__main__:main",
     "weights": "panda.weights.__main__:main",
+    "generate": "panda.generate.__main__:main",
+    "chat": "panda.generate.chat:main",
 }
 """Command groups outside LightningCLI: name → ``"module:function"``, the function taking ``argv`` and returning an
 exit status."""
