@@ -262,3 +262,13 @@ def test_distillation_configs_keep_the_experiment_and_name_teacher_and_student()
     tiny = parse(["--config", str(BASE), "--config", str(CONFIGS / "experiments" / "demo.yaml"),
                   "--model", str(CONFIGS / "model" / "distill_tiny.yaml")]).model.init_args
     assert (tiny.teacher_cache, tiny.top_k, tiny.config["hidden_size"]) == ("runs/teacher_cache", 64, 64)
+
+
+def test_qlora_config_loads_the_13b_body_in_nf4():
+    config = parse(["--config", str(BASE), "--config", str(CONFIGS / "experiments" / "panda_7b.yaml"),
+                    "--model", str(CONFIGS / "model" / "llama_13b_qlora.yaml")])
+    model = config.model.init_args
+    assert model.pretrained == "checkpoints/llama-13b-hf"
+    assert (model.lora.quantize, model.lora.compute_dtype, model.lora.double_quant, model.lora.r) == (
+        "nf4", "bfloat16", True, 64)
+    assert config.trainer.strategy.init_args.stage in (1, 2)  # ZeRO-3 would be refused

@@ -107,10 +107,18 @@ def step_train(version: str, max_steps: int | None) -> Path:
     return run_dir
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    checkpoints = sorted(run_dir.rglob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+CHECKPOINT_DIR = RUNS_DIR / "checkpoints"
+"""configs/experiments/demo.yaml's fixed checkpoint folder (so that ``--ckpt_path last`` resumes the newest run)."""
+
+
+def last_checkpoint(run_dir: Path, since: float = 0.0, checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
+    """The run's newest checkpoint (``last.ckpt`` first) under ``run_dir`` or the demo's checkpoint folder, written
+    at or after ``since`` (the training start: the shared folder may hold an older run's files)."""
+    found = [p for folder in (run_dir, checkpoint_dir) if folder.is_dir() for p in folder.rglob("*.ckpt")
+             if p.stat().st_mtime >= since]
+    checkpoints = sorted(found, key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
     if not checkpoints:
-        raise DemoStepError(f"train: no checkpoint (*.ckpt) under {run_dir}")
+        raise DemoStepError(f"train: no checkpoint (*.ckpt) written by this run under {run_dir} or {checkpoint_dir}")
     return checkpoints[0]
 
 
@@ -213,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"untrained val/ppl = {untrained:,.1f}")
         step = "train"
         print("== 3/6 train a tiny LLaMA from scratch", flush=True)
+        started = time.time()
         run_dir = step_train(time.strftime("run-%Y%m%d-%H%M%S"), args.max_steps)
-        checkpoint = last_checkpoint(run_dir)
+        checkpoint = last_checkpoint(run_dir, since=started)
         step = "measure"
         print(f"== 4/6 validation perplexity of the trained model ({checkpoint})", flush=True)
         trained = validation_perplexity(checkpoint)

@@ -39,8 +39,8 @@ from panda.constants import IGNORE_INDEX
 from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, training_chat_format
 from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
     resolve_attn_implementation, scores_dtype
-from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
-    trainable_state_dict
+from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, quantized_load_kwargs, \
+    train_embeddings_only, trainable_state_dict
 from panda.training.guards import NonFiniteGuard, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
@@ -203,7 +203,7 @@ class PandaLM(LightningModule):
         build_with = resolve_attn_implementation(attn_implementation, "cpu") if attn_implementation == "auto" \
             else attn_implementation  # a CUDA-only kernel is checked against the device in setup()
         self.attn_implementation = build_with
-        model = build_llama(pretrained, config, build_with, getattr(torch, load_dtype))
+        model = build_llama(pretrained, config, build_with, getattr(torch, load_dtype), **quantized_load_kwargs(lora))
         model.config.use_cache = False
         if activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -386,15 +386,19 @@ class PandaLM(LightningModule):
 
 
 def build_llama(pretrained: str | None, config: dict | None, attn_implementation: str,
-                dtype: torch.dtype) -> PreTrainedModel:
-    """Load ``pretrained`` (a ``save_pretrained`` directory) or build a fresh model from ``config``."""
+                dtype: torch.dtype, **load_kwargs) -> PreTrainedModel:
+    """Load ``pretrained`` (a ``save_pretrained`` directory) or build a fresh model from ``config``
+    (``load_kwargs``: QLoRA's quantisation, for ``pretrained`` only)."""
     if pretrained is not None:
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(
                 f"model.pretrained={pretrained!r}: expected a directory in save_pretrained layout (config.json and "
                 "weights); replace the placeholder with your LLaMA / Panda checkpoint directory"
             )
-        return AutoModelForCausalLM.from_pretrained(pretrained, attn_implementation=attn_implementation, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(pretrained, attn_implementation=attn_implementation, dtype=dtype,
+                                                    **load_kwargs)
+    if load_kwargs:
+        raise ValueError("model.lora.quantize needs model.pretrained: a 4-bit body is quantised while it loads")
     if config is None:
         raise ValueError("PandaLM needs model.pretrained (a model directory) or model.config (LlamaConfig arguments)")
     return AutoModelForCausalLM.from_config(LlamaConfig(**config), attn_implementation=attn_implementation,
