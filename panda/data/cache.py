@@ -72,11 +72,18 @@ def _hash_file(path: Path, digest) -> None:
             digest.update(block)
 
 
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
+"""Files besides ``tokenizer*`` that define a Hugging Face tokenizer (the fingerprint reads only these)."""
+
+
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
-    """sha256 over the names and contents of the files in a tokenizer directory."""
+    """sha256 over the names and contents of the tokenizer files of a directory (``tokenizer*`` and
+    :data:`TOKENIZER_FILES`). In the stock layout the tokenizer lives in the model directory: its weights (13 GB for
+    LLaMA-7B) are not read, and training them further does not invalidate the cache."""
     digest = hashlib.sha256()
     root = Path(tokenizer_dir)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and (p.name.startswith("tokenizer")
+                                                                        or p.name in TOKENIZER_FILES)):
         digest.update(str(path.relative_to(root)).encode())
         _hash_file(path, digest)
     return digest.hexdigest()

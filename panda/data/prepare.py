@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -52,6 +51,7 @@ from panda.data.sources import CorpusSource, count_records
 from panda.data.tokenize import EncodingStats, Truncation, encode_examples
 from panda.errors import UserError
 from panda.io import atomic_directory, atomic_path
+from panda.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -360,13 +360,6 @@ def _pool(num_proc: int, tokenizer, jobs: Sequence[Job], settings: Settings) -> 
         yield lambda fn, items: pool.imap(fn, items, chunksize=1)
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="rec", desc="preparing data", dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()))
-
-
 def prepare_sources(sources: Sequence[CorpusSource], tokenizer, tokenizer_dir: str | Path, cache_dir: str | Path,
                     *, max_seq_length: int, packing: bool = True, truncation: Truncation = "trim_prompt_start",
                     num_proc: int | None = None, progress: bool = True) -> list[tuple[CachedSource, bool]]:
@@ -446,7 +439,8 @@ def _build_missing(jobs: list[Job], missing: list[int], tokenizer, settings: Set
         mine = todo[ranks.member::len(ranks.group_ranks)]
         ranks.barrier()  # every rank has listed the finished shares before any writes new ones
         try:
-            with _progress(sum(s.stop - s.start for s in mine), progress and ranks.rank == 0) as bar:
+            with progress_bar(desc="preparing data", total=sum(s.stop - s.start for s in mine), unit="rec",
+                              enabled=progress and ranks.rank == 0) as bar:
                 started, tokens = time.perf_counter(), 0
                 for records, share_tokens in imap(_build, mine):
                     tokens += share_tokens

@@ -44,6 +44,10 @@ input. A list ``instruction`` means one of its strings is chosen by ``random.Ran
 deterministic per record, the same in every process, rank and epoch, and changed by the source's ``seed``.
 An empty ``output`` is a bad record (skipped and reported), like the reference's silent skip but counted.
 
+Prompts with responses and conversations are rendered by the source's ``chat_format``
+(:mod:`panda.data.chat_format`, the same code that prompts the trained model in ``panda generate``): ``reference``
+(the default, shown below: no role markers) or ``roles`` (``用户: …\\n助手:`` lines).
+
 Multi-turn (``multi_turn:``), for a COIG conversation ``[{in0, tg0}, {in1, tg1}, {in2, tg2}]``:
 
 * ``"conversation"`` (default) — one example, user turns untrained, assistant turns trained::
@@ -80,6 +84,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from panda.data.chat_format import ChatFormat, ChatFormatName
 from panda.data.records import Example, Segment
 from panda.data.report import BadRecordError, ReadReport, RecordProblem
 from panda.data.templates import TEMPLATES, FieldTemplate, TemplateError
@@ -106,8 +111,6 @@ DEFAULT_LOSS: dict[str, Literal["full", "conditional"]] = {
 }
 """Loss policy when ``loss`` is None. For ``jsonl`` it applies to instruction records; text records are full."""
 
-TURN_SEPARATOR = "\n\n"
-"""Joins conversation turns (both multi-turn modes) — the reference's history separator."""
 
 
 class _RecordError(Exception):
@@ -135,6 +138,9 @@ class CorpusSource:
             ``separator``, ``turns``, ``files``; see :mod:`panda.data.templates`).
         join: Text between a prompt and its response (the reference: ``" "``).
         max_records: Read only the first this many usable records of the source (``None``: all).
+        chat_format: How prompts, responses and conversations become text: ``reference`` (no role markers, turns
+            joined by blank lines) or ``roles`` (role-marked lines); rendered by :mod:`panda.data.chat_format`,
+            the code that prompts the trained model at inference too.
     """
 
     name: str
@@ -148,8 +154,10 @@ class CorpusSource:
     template: dict | None = None
     join: str = ""
     max_records: int | None = None
+    chat_format: ChatFormatName = "reference"
 
     def __post_init__(self) -> None:
+        ChatFormat(self.chat_format, self.multi_turn, self.join)  # an unknown format name fails here, naming it
         known = sorted(EXTENSIONS) + ["template"] + sorted(TEMPLATES)
         if self.format not in known:
             raise ValueError(f"source {self.name!r}: format {self.format!r} is not one of {known}")
@@ -181,6 +189,11 @@ class CorpusSource:
         if self.format == "template":
             return FieldTemplate.from_dict(self.template)
         return TEMPLATES.get(self.format)
+
+    @property
+    def conversation_format(self) -> ChatFormat:
+        """The :class:`~panda.data.chat_format.ChatFormat` that renders this source's prompts and conversations."""
+        return ChatFormat(self.chat_format, self.multi_turn, self.join)
 
     @property
     def full_loss(self) -> bool:
@@ -303,14 +316,13 @@ class CorpusSource:
                 return [self._example(((rendered, True),), origin)]
             if template.turns is None:
                 (prompt, response), = rendered
-                return [self._example(((prompt, False), (response, True)), origin)]
+                return [self._exchange(prompt, response, origin)]
             return self._turns(rendered, origin)
         if self.format == "coig" and isinstance(value, list):
             return self._conversation(value, origin)
         record = _object(value, self.format)
         if self.format in ("coig", "flan"):
-            prompt, response = _string(record, "inputs"), _string(record, "targets")
-            return [self._example(((prompt, False), (response, True)), origin)]
+            return [self._exchange(_string(record, "inputs"), _string(record, "targets"), origin)]
         if self.format == "wudao":
             title, content = _string(record, "title", allow_empty=True), _string(record, "content")
             if not title.strip():
@@ -342,7 +354,12 @@ class CorpusSource:
         parts = [p for p in (instruction or "", extra) if p.strip()]
         if not parts:
             raise _RecordError("'instruction' and 'input' are both missing or empty; expected a prompt")
-        return self._example(((" ".join(parts), False), (output, True)), origin)
+        return self._exchange(" ".join(parts), output, origin)
+
+    def _exchange(self, prompt: str, response: str, origin: str) -> Example:
+        """One prompt and its response, rendered by the source's chat format."""
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return self._example(tuple(self.conversation_format.segments(messages)), origin, rendered=True)
 
     def _conversation(self, turns: list, origin: str) -> list[Example]:
         if not turns:
@@ -358,23 +375,19 @@ class CorpusSource:
 
     def _turns(self, pairs: list[tuple[str, str]], origin: str) -> list[Example]:
         """A conversation's ``(inputs, targets)`` turns as examples, by ``multi_turn`` (see module docstring)."""
+        chat = self.conversation_format
+        messages = chat.turn_pairs(pairs)
         if self.multi_turn == "conversation":
-            segments = []
-            for k, (inputs, targets) in enumerate(pairs):
-                segments.append(((TURN_SEPARATOR if k else "") + inputs, False))
-                segments.append((targets, True))
-            return [self._example(tuple(segments), origin, {"turns": len(pairs)})]
-        examples, history = [], []
-        for k, (inputs, targets) in enumerate(pairs):
-            prompt = TURN_SEPARATOR.join(history) + TURN_SEPARATOR + inputs
-            examples.append(self._example(((prompt, False), (targets, True)), origin, {"turn": k}))
-            history += [inputs, targets]
-        return examples
+            return [self._example(tuple(chat.segments(messages)), origin, {"turns": len(pairs)}, rendered=True)]
+        return [self._example(tuple(chat.segments(messages[:2 * k + 2], leading_separator=k == 0)), origin,
+                              {"turn": k}, rendered=True) for k in range(len(pairs))]
 
-    def _example(self, segments: tuple[tuple[str, bool], ...], origin: str, meta: dict | None = None) -> Example:
-        """Build the example from its conditional layout (``join`` opening every response that follows a prompt);
-        under full loss each prompt joins the response after it (so EOS still closes only responses)."""
-        if self.join:
+    def _example(self, segments: tuple[tuple[str, bool], ...], origin: str, meta: dict | None = None, *,
+                 rendered: bool = False) -> Example:
+        """Build the example from its conditional layout (``join`` opening every response that follows a prompt,
+        unless the chat format ``rendered`` it already); under full loss each prompt joins the response after it
+        (so EOS still closes only responses)."""
+        if self.join and not rendered:
             segments = tuple((self.join + text if trained and k and not segments[k - 1][1] else text, trained)
                              for k, (text, trained) in enumerate(segments))
         if self.full_loss:

@@ -107,10 +107,18 @@ def step_train(version: str, max_steps: int | None) -> Path:
     return run_dir
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    checkpoints = sorted(run_dir.rglob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+CHECKPOINT_DIR = RUNS_DIR / "checkpoints"
+"""configs/experiments/demo.yaml's fixed checkpoint folder (so that ``--ckpt_path last`` resumes the newest run)."""
+
+
+def last_checkpoint(run_dir: Path, since: float = 0.0, checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
+    """The run's newest checkpoint (``last.ckpt`` first) under ``run_dir`` or the demo's checkpoint folder, written
+    at or after ``since`` (the training start: the shared folder may hold an older run's files)."""
+    found = [p for folder in (run_dir, checkpoint_dir) if folder.is_dir() for p in folder.rglob("*.ckpt")
+             if p.stat().st_mtime >= since]
+    checkpoints = sorted(found, key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
     if not checkpoints:
-        raise DemoStepError(f"train: no checkpoint (*.ckpt) under {run_dir}")
+        raise DemoStepError(f"train: no checkpoint (*.ckpt) written by this run under {run_dir} or {checkpoint_dir}")
     return checkpoints[0]
 
 
@@ -135,6 +143,34 @@ def step_evaluate(model_dir: Path, run_dir: Path) -> dict[str, dict]:
         results[name] = evaluate(str(model_dir), str(DATA_DIR / path), fmt, "loglik", output_dir=str(run_dir / "eval"),
                                  label="demo")
     return results
+
+
+REPLY_PROMPTS = 3
+"""How many held-out dialogues the trained model answers in the report: the first ones of the file, not chosen."""
+
+
+def step_replies(model_dir: Path, run_dir: Path) -> list[dict]:
+    """The trained model's replies (``panda generate``, greedy) to the first turns of the first held-out dialogues."""
+    import json
+
+    from panda.generate.__main__ import generate
+
+    dialogues = json.loads((DATA_DIR / "val" / "dialogues.json").read_text(encoding="utf-8"))[:REPLY_PROMPTS]
+    prompts = run_dir / "replies_input.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": d[0]["inputs"]}],
+                                           "reference": d[0]["targets"]}, ensure_ascii=False) + "\n"
+                               for d in dialogues), encoding="utf-8")
+    output = run_dir / "replies.jsonl"
+    generate(str(model_dir), str(prompts), str(output), max_new_tokens=48, overwrite=True)
+    return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+
+
+def print_replies(replies: list[dict]) -> None:
+    print(f"\n| held-out dialogue prompt (first {len(replies)}) | trained model's reply | dialogue's own reply |")
+    print("|---|---|---|")
+    for reply in replies:
+        cells = [reply["messages"][0]["content"], reply["output"] or "(empty)", reply["reference"]]
+        print("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
 
 
 def print_report(untrained: float, trained: float, evaluation: dict[str, dict], run_dir: Path,
@@ -185,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"untrained val/ppl = {untrained:,.1f}")
         step = "train"
         print("== 3/6 train a tiny LLaMA from scratch", flush=True)
+        started = time.time()
         run_dir = step_train(time.strftime("run-%Y%m%d-%H%M%S"), args.max_steps)
-        checkpoint = last_checkpoint(run_dir)
+        checkpoint = last_checkpoint(run_dir, since=started)
         step = "measure"
         print(f"== 4/6 validation perplexity of the trained model ({checkpoint})", flush=True)
         trained = validation_perplexity(checkpoint)
@@ -197,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         step = "evaluate"
         print("== 6/6 evaluate on the held-out C3-format and LogiQA-v2-format sets", flush=True)
         evaluation = step_evaluate(model_dir, run_dir)
+        step = "replies"
+        print("== replies to held-out dialogue prompts (panda generate)", flush=True)
+        replies = step_replies(model_dir, run_dir)
     except DemoStepError as err:
         print(f"\ndemo stopped at step '{step}': {err}", file=sys.stderr)
         return 1
@@ -208,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shown_run_dir = Path(os.path.relpath(REPOSITORY / run_dir, caller_dir))
     print_report(untrained, trained, evaluation, shown_run_dir, time.monotonic() - start)
+    print_replies(replies)
+    print(f"talk to it yourself:  panda chat {shown_run_dir / 'hf'}")
     if trained * REQUIRED_PPL_DROP > untrained:
         print(f"demo failed its check: the trained perplexity {trained:,.1f} is not {REQUIRED_PPL_DROP}x below the "
               f"untrained {untrained:,.1f}", file=sys.stderr)

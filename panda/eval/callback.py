@@ -4,7 +4,8 @@ It uses exactly the code of ``lightning_main.py validate`` (:func:`panda.eval.sc
 prompts, metrics and output files), applied to the Hugging Face model the training module holds at ``.model``
 (:class:`panda.model.PandaLM`). Each rank scores a disjoint share of the questions (``questions[rank::world]``, no
 padding), the metrics are synchronised, and rank 0 logs ``eval/<benchmark>/<metric>`` at the current step and
-writes ``predictions.jsonl`` + ``metrics.json`` under ``<log_dir>/eval/<benchmark>/step_<N>``.
+writes ``predictions.jsonl`` + ``metrics.json`` under ``<log_dir>/eval/<benchmark>/step_<N>``. Its loop runs
+outside Lightning's, so it shows its own progress bar (rank 0, terminals only).
 
 Add it in YAML::
 
@@ -19,6 +20,7 @@ Not for DeepSpeed ZeRO-3 (partitioned weights need every rank to take part in ev
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -28,6 +30,14 @@ from panda.eval.datamodule import Format, prepare_questions, question_length
 from panda.eval.outputs import gather_records, write_outputs
 from panda.eval.scoring import (Continuation, Protocol, compute_metrics, make_metrics, score_batch, subject_metrics,
                                 update_metrics)
+
+
+def progress(total: int, description: str, rank_zero: bool):
+    """A tqdm bar over questions: on rank 0 only, and only when stderr is a terminal (quiet in logs and CI)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="q", dynamic_ncols=True, leave=False,
+                disable=not (rank_zero and sys.stderr.isatty()))
 
 
 class PeriodicEvaluation(Callback):
@@ -90,11 +100,14 @@ class PeriodicEvaluation(Callback):
         share = self.questions[trainer.global_rank::trainer.world_size]
         metrics = {name: metric.to(pl_module.device) for name, metric in make_metrics(self.protocol).items()}
         records = []
-        for start in range(0, len(share), self.batch_size):
-            batch = score_batch(model, self.tokenizer, share[start:start + self.batch_size], protocol=self.protocol,
-                                max_new_tokens=self.max_new_tokens, continuation=self.continuation)
-            update_metrics(metrics, batch)
-            records.extend(batch)
+        with progress(len(share), f"eval {self.name}", trainer.is_global_zero) as bar:
+            for start in range(0, len(share), self.batch_size):
+                batch = score_batch(model, self.tokenizer, share[start:start + self.batch_size],
+                                    protocol=self.protocol, max_new_tokens=self.max_new_tokens,
+                                    continuation=self.continuation)
+                update_metrics(metrics, batch)
+                records.extend(batch)
+                bar.update(len(batch))
         model.train(was_training)
         results = compute_metrics(metrics)
         records = gather_records(records)

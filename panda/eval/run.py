@@ -9,6 +9,8 @@ For callers that are not a command line (the demo's evaluation step, notebooks):
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -50,7 +52,7 @@ def evaluate(model: str, benchmark_path: str, format: Format, protocol: Protocol
     evaluator = MultipleChoiceEvaluator(model, tokenizer, protocol=protocol, max_new_tokens=max_new_tokens,
                                         continuation=continuation, label=label, dtype=dtype)
     logger = TensorBoardLogger(save_dir=output_dir, name=data.name)
-    trainer = Trainer(accelerator="auto", devices=1, logger=logger, enable_progress_bar=False,
+    trainer = Trainer(accelerator="auto", devices=1, logger=logger, enable_progress_bar=sys.stderr.isatty(),
                       enable_model_summary=False, enable_checkpointing=False)
     trainer.validate(evaluator, datamodule=data, verbose=False)
     return {**evaluator.results, "run_dir": trainer.log_dir}

@@ -8,6 +8,14 @@ new rows while the transformer body stays frozen.
 With LoRA, checkpoints keep only what trains (the adapters, and any ``modules_to_save``) — a few MB instead of
 the 13 GB body, which is rebuilt from ``model.pretrained`` when the checkpoint is loaded. :func:`merged_copy`
 gives a plain ``LlamaForCausalLM`` with the adapters folded in, for export.
+
+**QLoRA** (``lora.quantize: nf4``, the reference's recipe for 33B/65B): the frozen body is loaded in 4-bit NormalFloat
+by bitsandbytes through transformers' ``BitsAndBytesConfig`` (double quantisation, bf16 compute), the adapters train
+in full precision (peft's ``prepare_model_for_kbit_training``). A 13B body then takes ≈7 GB instead of 26 GB.
+bitsandbytes is the optional extra ``pip install '.[qlora]'``; where it is missing or cannot run the run stops at
+start with one line. ZeRO-3 partitions weights, which 4-bit tensors cannot be: refused naming the key (ZeRO-1/2 and
+DDP work). A merged export dequantises the body to ``export``'s dtype after peft folds the adapters in (peft merges
+into the 4-bit weights, so the merged model carries the body's quantisation error, as every QLoRA merge does).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
+
+from panda.errors import ConfigError, UserError
 
 Trainable = Literal["all", "embeddings"]
 
@@ -46,6 +56,44 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     modules_to_save: list[str] = field(default_factory=list)
     save_adapters_only: bool = True
+    quantize: Literal["none", "nf4"] = "none"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    double_quant: bool = True
+
+
+def quantized_load_kwargs(settings: LoraSettings | None) -> dict:
+    """``from_pretrained`` keyword arguments for a QLoRA body (empty without ``quantize``).
+
+    Raises:
+        UserError: bitsandbytes is not installed or cannot run here, in one line naming ``model.lora.quantize``.
+    """
+    if settings is None or settings.quantize == "none":
+        return {}
+    key = f"model.init_args.lora.quantize={settings.quantize}"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError(f"{key} needs bitsandbytes, which is not installed: pip install '.[qlora]'") from None
+    except Exception as error:  # a binary without a backend for this machine raises at import
+        raise UserError(f"{key}: bitsandbytes cannot run here ({str(error).splitlines()[0]})") from None
+    from transformers import BitsAndBytesConfig
+
+    kwargs = {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, settings.compute_dtype))}
+    if torch.cuda.is_available():  # each rank quantises onto its own GPU (bitsandbytes quantises on placement)
+        import os
+
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return kwargs
+
+
+def refuse_partitioned_4bit(settings: LoraSettings | None, zero_stage: int | None) -> None:
+    """ZeRO-3 shards every weight across ranks; bitsandbytes' packed 4-bit tensors cannot be sharded."""
+    if settings is not None and settings.quantize != "none" and zero_stage == 3:
+        raise ConfigError(f"trainer.strategy.init_args.stage=3 with model.init_args.lora.quantize={settings.quantize}:"
+                          " ZeRO-3 partitions the weights and 4-bit weights cannot be partitioned; use stage 1 or 2, "
+                          "or DDP")
 
 
 def add_lora(model: PreTrainedModel, settings: LoraSettings):
@@ -69,6 +117,11 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings):
         target_modules=list(settings.target_modules), modules_to_save=list(settings.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
+    if settings.quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # norms and embeddings to fp32, inputs requiring grad; checkpointing stays PandaLM's choice
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, config)
 
 
@@ -96,6 +149,8 @@ def merged_copy(model) -> PreTrainedModel:
     duplicate = copy.deepcopy(model)
     if hasattr(duplicate, "merge_and_unload"):
         duplicate = duplicate.merge_and_unload()
+    if getattr(duplicate, "is_loaded_in_4bit", False):  # QLoRA: a plain model again, in the compute dtype
+        duplicate = duplicate.dequantize()
     for parameter in duplicate.parameters():
         parameter.requires_grad_(True)
     return duplicate

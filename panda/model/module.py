@@ -36,10 +36,11 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from panda.constants import IGNORE_INDEX
+from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat
 from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
     resolve_attn_implementation, scores_dtype
-from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, train_embeddings_only, \
-    trainable_state_dict
+from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, quantized_load_kwargs, \
+    train_embeddings_only, trainable_state_dict
 from panda.training.guards import NonFiniteGuard, warn_about_precision
 from panda.training.monitor import PandaThroughputMonitor, training_flops_per_token, useful_tokens
 from panda.training.schedule import LRSchedule, SchedulePlan, build_scheduler, plan_schedule
@@ -168,8 +169,11 @@ class PandaLM(LightningModule):
             checkpoint (export finds it there).
         max_seq_length: The data's row length (sizes the attention term of the MFU estimate).
         source_names: The data's source names, in the order of the batches' ``source_ids`` (per-source losses).
+        chat_format: How the data renders prompts and conversations
+            (:func:`panda.data.chat_format.training_chat_format`, as a dict); stored with every checkpoint so that
+            generate, chat and export prompt the model as it was trained.
 
-    The last three describe the data, not the model: ``panda fit`` fills them from the data module
+    The last four describe the data, not the model: ``panda fit`` fills them from the data module
     (``link_arguments`` in :mod:`panda.cli`); give them yourself when you build a ``PandaLM`` in Python.
     """
 
@@ -190,6 +194,7 @@ class PandaLM(LightningModule):
         tokenizer_dir: str | None = None,
         max_seq_length: int | None = None,
         source_names: list[str] | None = None,
+        chat_format: dict | None = None,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # as stored in a checkpoint's hyperparameters
@@ -212,7 +217,7 @@ class PandaLM(LightningModule):
         build_with = resolve_attn_implementation(attn_implementation, "cpu") if attn_implementation == "auto" \
             else attn_implementation  # a CUDA-only kernel is checked against the device in setup()
         self.attn_implementation = build_with
-        model = build_llama(pretrained, config, build_with, getattr(torch, load_dtype))
+        model = build_llama(pretrained, config, build_with, getattr(torch, load_dtype), **quantized_load_kwargs(lora))
         model.config.use_cache = False
         if activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -223,6 +228,7 @@ class PandaLM(LightningModule):
             self.strict_loading = False  # checkpoints hold the adapters; the frozen body comes from `pretrained`
 
         self.source_names = list(source_names or [])
+        self.chat_format = ChatFormat.from_stored(chat_format) if chat_format else None
         self.schedule_plan: SchedulePlan | None = None
         self.flops_per_token = self.forward_flops_per_token = 0
         self._last_batch: tuple[int, dict[str, torch.Tensor]] | None = None  # (FLOPs per token, batch)
@@ -381,20 +387,26 @@ class PandaLM(LightningModule):
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.chat_format is not None:  # how prompts were rendered: generate, chat and export prompt the same way
+            checkpoint[CHAT_FORMAT_KEY] = self.chat_format.as_dict()
         if self.lora is not None and self.lora.save_adapters_only and "state_dict" in checkpoint:
             checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
 
 
 def build_llama(pretrained: str | None, config: dict | None, attn_implementation: str,
-                dtype: torch.dtype) -> PreTrainedModel:
-    """Load ``pretrained`` (a ``save_pretrained`` directory) or build a fresh model from ``config``."""
+                dtype: torch.dtype, **load_kwargs) -> PreTrainedModel:
+    """Load ``pretrained`` (a ``save_pretrained`` directory) or build a fresh model from ``config``
+    (``load_kwargs``: QLoRA's quantisation, for ``pretrained`` only)."""
     if pretrained is not None:
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(
                 f"model.pretrained={pretrained!r}: expected a directory in save_pretrained layout (config.json and "
                 "weights); replace the placeholder with your LLaMA / Panda checkpoint directory"
             )
-        return AutoModelForCausalLM.from_pretrained(pretrained, attn_implementation=attn_implementation, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(pretrained, attn_implementation=attn_implementation, dtype=dtype,
+                                                    **load_kwargs)
+    if load_kwargs:
+        raise ValueError("model.lora.quantize needs model.pretrained: a 4-bit body is quantised while it loads")
     if config is None:
         raise ValueError("PandaLM needs model.pretrained (a model directory) or model.config (LlamaConfig arguments)")
     return AutoModelForCausalLM.from_config(LlamaConfig(**config), attn_implementation=attn_implementation,

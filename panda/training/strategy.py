@@ -120,6 +120,10 @@ class PandaDeepSpeedStrategy(LostRankHandling, DeepSpeedStrategy):
             self.parallel_devices = devices
 
     def setup_environment(self) -> None:
+        from panda.model.lora import refuse_partitioned_4bit
+
+        zero = self.config.get("zero_optimization") or {}
+        refuse_partitioned_4bit(getattr(self.lightning_module, "lora", None), zero.get("stage"))
         if not self._on_cpu:
             super().setup_environment()
             return

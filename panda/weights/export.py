@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, chat_template, template_mismatch
 from panda.weights.shards import WeightFileError, atomic_directory
 
 LoraMode = Literal["merge", "adapters"]
@@ -75,12 +76,18 @@ def safe_load(path: Path, *, trust_pickle: bool = False, mmap: bool = True,
 @dataclasses.dataclass
 class TrainingCheckpoint:
     """What export needs from a checkpoint: the module's weights (keys as ``PandaLM.state_dict`` names them) and
-    its init arguments; ``data`` holds the data module's init arguments when Lightning saved them."""
+    its init arguments; ``data`` holds the data module's init arguments when Lightning saved them; ``extra`` the
+    checkpoint's other plain entries Panda reads (the chat format, under ``panda_chat_format``)."""
 
     path: Path
     state_dict: dict[str, torch.Tensor]
     hparams: dict
     data: dict
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def _extra(checkpoint: dict) -> dict:
+    return {key: checkpoint[key] for key in (CHAT_FORMAT_KEY,) if key in checkpoint}
 
 
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> TrainingCheckpoint:
@@ -93,7 +100,7 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Training
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise WeightFileError(f"{path}: not a Lightning checkpoint (no 'state_dict' key)")
         return TrainingCheckpoint(path, checkpoint["state_dict"], dict(checkpoint.get("hyper_parameters") or {}),
-                                  dict(checkpoint.get("datamodule_hyper_parameters") or {}))
+                                  dict(checkpoint.get("datamodule_hyper_parameters") or {}), _extra(checkpoint))
     return _read_zero_checkpoint(path, trust_pickle)
 
 
@@ -113,7 +120,7 @@ def _read_zero_checkpoint(path: Path, trust_pickle: bool) -> TrainingCheckpoint:
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
     state_dict = {key.removeprefix("_forward_module."): value for key, value in state_dict.items()}
     return TrainingCheckpoint(path, state_dict, dict(client_state.get("hyper_parameters") or {}),
-                              dict(client_state.get("datamodule_hyper_parameters") or {}))
+                              dict(client_state.get("datamodule_hyper_parameters") or {}), _extra(client_state))
 
 
 def _lora_settings(hparams: dict):
@@ -205,6 +212,30 @@ def _find_tokenizer(checkpoint: TrainingCheckpoint, tokenizer: str | None, pretr
                             "data module's 'tokenizer' nor the pretrained directory has one); pass --tokenizer")
 
 
+def write_tokenizer(tokenizer, output: Path, chat_format: ChatFormat) -> None:
+    """Save ``tokenizer`` with the model's chat format as ``chat_template`` in ``tokenizer_config.json``.
+
+    The template renders the ids our data pipeline trains on (:mod:`panda.data.chat_format`); it is checked on
+    probe conversations first, and a tokenizer that cannot reproduce them (a legacy conversion whose dummy prefix
+    follows every special token) gets a warning, since ``apply_chat_template`` would then prompt it differently.
+    """
+    import warnings
+
+    template = chat_template(chat_format, tokenizer)
+    mismatch = template_mismatch(chat_format, tokenizer, template)
+    if mismatch:
+        warnings.warn(f"{output}: the chat_template does not reproduce the training ids with this tokenizer "
+                      f"({mismatch}); panda generate/chat prompt correctly, other tools may not", stacklevel=2)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(output)
+    config_path = output / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = template  # in tokenizer_config.json itself, where servers look for it
+    config[CHAT_FORMAT_KEY] = chat_format.as_dict()
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output / "chat_template.jinja").unlink(missing_ok=True)  # one copy: the config's
+
+
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, tokenizer: str | None = None,
                       pretrained: str | None = None, lora_mode: LoraMode = "merge", dtype: ExportDtype = "auto",
                       max_shard_size: str = "2GB", trust_pickle: bool = False, overwrite: bool = False) -> Path:
@@ -253,7 +284,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, tokenizer: 
             model.save_pretrained(staging, max_shard_size=max_shard_size)
             if not (staging / "generation_config.json").is_file():
                 model.generation_config.save_pretrained(staging)
-        loaded_tokenizer.save_pretrained(staging)
+        write_tokenizer(loaded_tokenizer, staging, ChatFormat.from_stored(training.extra.get(CHAT_FORMAT_KEY)))
         (staging / "panda_export.json").write_text(json.dumps(
             {"checkpoint": str(training.path), "lora_mode": lora_mode if is_lora else None, "dtype": dtype,
              "tokenizer": tokenizer_dir}, indent=2) + "\n", encoding="utf-8")

@@ -168,3 +168,18 @@ def test_compact_cache_is_over_three_times_smaller_than_two_int32_columns(source
                                             pa.array([s[1].tolist() for s in sequences], pa.list_(pa.int32()))],
                                            schema=schema))
     assert wide.stat().st_size / (cache.path / "sequences.arrow").stat().st_size >= 3.0
+
+
+def test_tokenizer_fingerprint_reads_only_tokenizer_files(stock_llama_dir, tmp_path):
+    """Stock layout: the tokenizer sits in the model directory; its weights are neither hashed nor part of the key."""
+    import shutil
+
+    from panda.data.cache import tokenizer_fingerprint
+
+    copy = shutil.copytree(stock_llama_dir, tmp_path / "model")
+    before = tokenizer_fingerprint(copy)
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert tokenizer_fingerprint(copy) == before
+    config = copy / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"model_max_length": 2048', '"model_max_length": 1024'))
+    assert tokenizer_fingerprint(copy) != before

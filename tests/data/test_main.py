@@ -134,3 +134,30 @@ def test_prepare_builds_every_cache_ahead_of_a_launch(configs, capsys, tmp_path)
     assert sorted(p.name.split("-")[0] for p in published) == ["coig", "news"]
     assert main(["prepare", "--config", str(base), "--data.init_args.num_proc", "4096"]) == 1
     assert "data.num_proc 4096 is more than the" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prepare_under_torchrun_builds_one_cache_with_both_ranks(configs, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, layer = configs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    ranks = []
+    for rank in range(2):  # the environment torchrun gives each rank
+        env = {**os.environ, "PYTHONPATH": str(root), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        ranks.append(subprocess.Popen([sys.executable, "-m", "panda.data", "prepare", "--config", str(base),
+                                       "--config", str(layer), "--data.init_args.num_proc", "1"], cwd=root, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert "coig" in outputs[0][0] and outputs[1][0] == ""  # rank 0 prints the table
+    published = [p for p in (tmp_path / "cache").iterdir() if (p / "meta.json").exists()]
+    assert sorted(p.name.split("-")[0] for p in published) == ["coig", "news"]

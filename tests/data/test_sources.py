@@ -185,6 +185,20 @@ def test_flan_inputs_targets(tmp_path):
     ]
 
 
+def test_chat_format_renders_prompts_and_conversations(tmp_path):
+    path = write_json(tmp_path / "coig.json", [{"inputs": "问", "targets": "答"}, CONVERSATION[:2]])
+    examples = read_all(CorpusSource(name="c", paths=path, format="coig", chat_format="roles", join=" "))
+    assert examples == [
+        ex("c", f"{path}:[0]", ("用户: 问\n助手:", False), (" 答", True)),
+        ex("c", f"{path}:[1]", ("用户: 你好\n助手:", False), (" 你好！有什么可以帮你？", True),
+           ("\n用户: 今天天气怎么样？\n助手:", False), (" 晴天。", True)),
+    ]
+    reference = read_all(CorpusSource(name="c", paths=path, format="coig", join=" "))
+    assert reference[1].text == "你好 你好！有什么可以帮你？\n\n今天天气怎么样？ 晴天。"
+    with pytest.raises(ValueError, match="chat format 'role' is not one of reference, roles .did you mean 'roles'"):
+        CorpusSource(name="c", paths=path, format="coig", chat_format="role")
+
+
 def test_text_is_never_rewritten(tmp_path):
     text = "\ufeff 前后空白\r\n\t和 emoji 🐼 "
     path = write_lines(tmp_path / "t.jsonl", [{"text": text}])

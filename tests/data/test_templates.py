@@ -116,3 +116,24 @@ def test_every_named_template_renders():
         assert template.render(record), name
     with pytest.raises(TemplateError):
         FieldTemplate(text=("{a}",)).render({"b": "x"})
+
+
+def test_reference_join_masks_exactly_the_prompt_with_a_stock_tokenizer(tmp_path, stock_llama_dir):
+    """baike2018qa with the reference's " " join through a pad-less LLaMA-style tokenizer: the ids are BOS, the
+    prompt's own encoding, the response encoded with its leading space (no dummy prefix), EOS; only the response
+    and its EOS carry labels."""
+    from panda.constants import IGNORE_INDEX
+    from panda.data.tokenize import encode_example
+    from panda.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(stock_llama_dir)
+    path = lines(tmp_path / "baike.json", [{"qid": 1, "category": "c", "title": "中国人民", "desc": "",
+                                            "answer": "新年好"}])
+    (example,) = CorpusSource("baike", path, "baike2018qa", join=" ").read()
+    (sequence,) = encode_example(example, tokenizer, 64)
+    prompt = tokenizer("中国人民", add_special_tokens=False)["input_ids"]
+    response = tokenizer("a 新年好", add_special_tokens=False)["input_ids"]
+    response = response[len(tokenizer("a", add_special_tokens=False)["input_ids"]):]  # " 新年好" inside running text
+    assert sequence.input_ids == [1, *prompt, *response, 2]
+    assert sequence.labels == [IGNORE_INDEX] * (1 + len(prompt)) + [*response, 2]
+    assert tokenizer.convert_ids_to_tokens(response)[0].startswith("▁")  # the join's space, merged as in running text

@@ -43,3 +43,13 @@ def test_periodic_evaluation_during_fit_uses_the_evaluator_code(tmp_path, tiny_m
                           output_dir=str(tmp_path / "runs"))
     for key in ("generate/acc", "generate/unparseable_rate", "loglik/acc", "loglik/acc_norm", "count"):
         assert callback.history[-1][key] == standalone[key]
+
+
+def test_progress_bar_only_on_rank_zero_in_a_terminal(monkeypatch):
+    from panda.eval.callback import progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert not progress(3, "eval", rank_zero=True).disable
+    assert progress(3, "eval", rank_zero=False).disable
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert progress(3, "eval", rank_zero=True).disable  # logs and CI stay quiet

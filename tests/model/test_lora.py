@@ -82,3 +82,68 @@ def test_lora_with_activation_checkpointing_gets_adapter_gradients(tiny_config, 
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None for g in grads.values())
     assert any(g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)
+
+
+# ---- QLoRA: bitsandbytes runs 4-bit NF4 on CPU too (0.45+), so the real path is tested here ----------------------
+
+@pytest.fixture()
+def base_dir(tiny_config, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**tiny_config)).save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_qlora_trains_adapters_over_a_4bit_body_and_exports_a_plain_merged_model(base_dir, contract_datamodule,
+                                                                                 tmp_path):
+    bnb = pytest.importorskip("bitsandbytes")
+    settings = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], quantize="nf4",
+                            compute_dtype="float32")
+    model = PandaLM(pretrained=str(base_dir), lora=settings, monitor_throughput=False)
+    projection = model.hf_model.model.layers[0].self_attn.k_proj
+    assert isinstance(projection, bnb.nn.Linear4bit) and projection.weight.dtype == torch.uint8  # packed NF4
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    _fit(model, contract_datamodule, tmp_path)
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+    merged = model.merged_hf_model()
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    batch = next(iter(contract_datamodule.train_dataloader()))
+    with torch.no_grad():
+        adapted = model.model(input_ids=batch["input_ids"]).logits
+        plain = merged(input_ids=batch["input_ids"]).logits
+    # the merge is folded into the 4-bit weights (peft), so the two agree up to NF4's rounding of the update
+    assert torch.allclose(adapted, plain, atol=0.05), (adapted - plain).abs().max()
+
+
+def test_qlora_without_bitsandbytes_stops_at_start_in_one_line(base_dir, monkeypatch):
+    import sys
+
+    from panda.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` sees when not installed
+    with pytest.raises(UserError, match=r"^model.init_args.lora.quantize=nf4 needs bitsandbytes, which is not "
+                                        r"installed: pip install '.\[qlora\]'$"):
+        PandaLM(pretrained=str(base_dir), lora=LoraSettings(quantize="nf4"))
+
+
+def test_zero3_with_a_4bit_body_is_refused_naming_the_key():
+    from types import SimpleNamespace
+
+    from panda.errors import ConfigError
+    from panda.training.strategy import PandaDeepSpeedStrategy
+
+    strategy = PandaDeepSpeedStrategy(stage=3)
+    strategy._lightning_module = SimpleNamespace(lora=LoraSettings(quantize="nf4"))
+    with pytest.raises(ConfigError, match=r"trainer.strategy.init_args.stage=3 with "
+                                          r"model.init_args.lora.quantize=nf4: ZeRO-3 partitions the weights"):
+        strategy.setup_environment()
+    strategy = PandaDeepSpeedStrategy(stage=2)
+    strategy._lightning_module = SimpleNamespace(lora=LoraSettings(quantize="nf4"))
+    from panda.model.lora import refuse_partitioned_4bit
+
+    refuse_partitioned_4bit(LoraSettings(quantize="nf4"), 2)  # stage 1/2 keep whole weights: allowed

@@ -219,3 +219,25 @@ if __name__ == "__main__":
     import sys
 
     zero_worker(*sys.argv[1:])
+
+
+def test_export_carries_the_chat_format_as_a_chat_template(tmp_path, tiny_config, tokenizer_dir):
+    """Servers read ``chat_template`` from tokenizer_config.json; it must prompt with the training ids."""
+    from transformers import AutoTokenizer
+
+    from panda.data.chat_format import ChatFormat, prompt_ids
+    from panda.data.tokenizer import load_tokenizer
+
+    module = PandaLM(config=tiny_config, monitor_throughput=False)
+    module.chat_format = ChatFormat("roles")
+    save_checkpoint(module, tmp_path / "last.ckpt")
+    export_checkpoint(tmp_path / "last.ckpt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["panda_chat_format"] == {"name": "roles", "multi_turn": "conversation", "join": " "}
+    assert "用户: " in config["chat_template"] and not (tmp_path / "hf" / "chat_template.jinja").exists()
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
+                {"role": "user", "content": "今天天气怎么样？"}]
+    rendered = reloaded.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert list(rendered) == prompt_ids(ChatFormat("roles").segments(messages), load_tokenizer(tokenizer_dir))
