@@ -119,7 +119,7 @@ class RankProbe:
                     pass  # it went between the two messages; its own probe will say so
         return states.tolist()
 
-    def describe(self, states: list[int], waited: float, step: int) -> str:
+    def describe(self, states: list[int], collective_timeout: float | None, step: int) -> str:
         """One line naming the lost ranks (or saying none is lost) for the log."""
         lost = [r for r, s in enumerate(states) if s != ALIVE]
         if not lost:
@@ -129,8 +129,8 @@ class RankProbe:
         for rank in lost:
             info = self.infos[rank]
             words = _WORDS[states[rank]]
-            if states[rank] == SILENT:
-                words += f": no answer for {waited:.0f} s"
+            if states[rank] == SILENT and collective_timeout:
+                words += f": no answer within the {collective_timeout:.0f} s collective timeout"
             parts.append(f"rank {rank} of {self.world_size} (pid {info.pid} on {info.host}) {words}")
         return "; ".join(parts) + f", at step {step}"
 

@@ -31,8 +31,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import time
-
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
@@ -74,11 +72,9 @@ class LostRankHandling:
         super().on_exception(exception)
         if self._rank_probe is None or not is_collective_failure(exception):
             return
-        started = time.monotonic()
         states = self._rank_probe.verdict(self.probe_timeout)
         trainer = self.lightning_module.trainer
-        waited = (self.collective_timeout or 0) + time.monotonic() - started
-        description = self._rank_probe.describe(states, waited, trainer.global_step)
+        description = self._rank_probe.describe(states, self.collective_timeout, trainer.global_step)
         end_job(lost_rank_message(self.global_rank, description, newest_checkpoint(trainer)), self.launcher,
                 trainer.loggers)
 

@@ -102,7 +102,9 @@ def lose_a_rank_then_resume(tmp_path, tokenizer_dir, tokenizer, corpus, strategy
     if how == "kill":
         assert seconds < 10, seconds
     else:
-        assert COLLECTIVE_TIMEOUT - 1 < seconds < COLLECTIVE_TIMEOUT + PROBE_TIMEOUT + 10, seconds
+        # DeepSpeed's ZeRO-1 waits out the timeout twice before the error reaches the strategy (measured: 45 s)
+        timeouts = 2 if strategy == "zero1" else 1
+        assert COLLECTIVE_TIMEOUT - 1 < seconds < timeouts * COLLECTIVE_TIMEOUT + PROBE_TIMEOUT + 10, seconds
 
     print(f"{strategy}: rank {rank} {how}: the job exited {seconds:.1f} s later")
     fit(case_config(tmp_path / "resume.yaml", run_dir, strategy, [], tokenizer_dir, corpus, vocab),
