@@ -68,11 +68,41 @@ TRAINER_DEFAULTS = {
 }
 
 
+DATA_TO_MODEL = (("tokenizer_path", "tokenizer_dir"), ("max_seq_length", "max_seq_length"),
+                 ("source_names", "source_names"))
+"""``(data module attribute, PandaLM argument)`` pairs linked by :class:`PandaCLI`."""
+
+
+def _data_attribute(name: str):
+    def value(data):
+        found = getattr(data, name, None)
+        return list(found) if isinstance(found, (list, tuple)) else found
+
+    value.__name__ = f"data_{name}"
+    return value
+
+
+def _data_chat_format(data) -> dict | None:
+    """The chat format the data's sources render prompts with (None for plain text or a non-training data module)."""
+    from panda.data.chat_format import training_chat_format
+
+    sources = getattr(data, "sources", None)
+    found = training_chat_format(sources) if sources else None
+    return found.as_dict() if found is not None else None
+
+
 class PandaCLI(LightningCLI):
     """LightningCLI with Panda's defaults (TensorBoard under ``runs/``, progress bar)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
+        # what the training module needs to know about the data flows one way, data module → model, when both
+        # are built; a model or data class without the attribute or argument (the evaluators) is left alone
+        for attribute, argument in DATA_TO_MODEL:
+            parser.link_arguments("data", f"model.init_args.{argument}", compute_fn=_data_attribute(attribute),
+                                  apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.chat_format", compute_fn=_data_chat_format,
+                              apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
         """jsonargparse's parse, with its usage-and-error message turned into a :class:`ConfigError` of one or two

@@ -56,3 +56,14 @@ def stock_llama_dir(tmp_path_factory, chinese_paragraphs):
     from panda.demo.rehearsal import write_stock_llama
 
     return write_stock_llama(tmp_path_factory.mktemp("llama-tiny-hf"), chinese_paragraphs)
+
+
+@pytest.fixture()
+def model_dir(tmp_path, tiny_llama_config, tokenizer):
+    """A tiny random LLaMA saved as a Hugging Face directory with the test tokenizer (as an export is)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_llama_config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"

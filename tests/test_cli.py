@@ -44,7 +44,9 @@ def test_fast_dev_run_on_panda_data_module(tokenizer_dir, chinese_paragraphs, tm
     cli = lightning(_args(tokenizer_dir, tmp_path, data=[]) + ["--data.init_args.sources", sources, "--data.init_args.max_seq_length", "128",
                        "--data.init_args.batch_size", "2", "--data.init_args.val_fraction", "0.1",
                        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "2"])
+    # what the model knows of the data arrived through link_arguments, and is kept in the checkpoint
     assert cli.trainer.global_step == 2 and cli.model.source_names == ["news", "sft"]
+    assert (cli.model.hparams.tokenizer_dir, cli.model.hparams.max_seq_length) == (str(tokenizer_dir), 128)
     assert {"train/loss/news", "train/loss/sft", "val/loss"} <= set(cli.trainer.callback_metrics)
 
     # a model built from a config has no `pretrained` directory: export finds the tokenizer the data module used

@@ -59,6 +59,8 @@ def test_readme_rehearsal_runs_as_written(tmp_path, monkeypatch, capsys, caplog)
     assert (reference["vocab_size"], reference["pad_token_id"]) == (4001, 4000)  # the reference's vocabulary
     assert (improved["vocab_size"], improved.get("pad_token_id")) == (4000, None)  # stock, as it was
     assert "pad_token" not in json.loads((work / "runs/laptop/improved-hf/tokenizer_config.json").read_text())
+    (metrics,) = (work / "runs/eval/logiqa_v2").glob("version_*/metrics.json")  # the benchmark evaluation ran
+    assert any(key.endswith("acc") for key in json.dumps(json.loads(metrics.read_text())).split('"'))
     out = capsys.readouterr()
     printed = out.out + out.err + caplog.text  # start-up lines are log records or stderr, by logging set-up
     assert printed.count("global batch: 4 rows per optimizer step = micro-batch 2 × world size 1 × gradient "

@@ -273,6 +273,11 @@ def _renders_prompts(source) -> bool:
     return source.format in CONVERSATION_FORMATS
 
 
+def _has_conversations(source) -> bool:
+    template = getattr(source, "field_template", None)
+    return template.turns is not None if template is not None else source.format == "coig"
+
+
 def training_chat_format(sources) -> ChatFormat | None:
     """The one chat format a training mix renders its prompts with (stored with the model), or None for pure text.
 
@@ -283,11 +288,11 @@ def training_chat_format(sources) -> ChatFormat | None:
     if not chatty:
         return None
     names = {(s.chat_format, s.join) for s in chatty}
-    multi_turn = {s.multi_turn for s in chatty if s.format == "coig"} or {"conversation"}
+    multi_turn = {s.multi_turn for s in chatty if _has_conversations(s)} or {"conversation"}
     if len(names) > 1 or len(multi_turn) > 1:
         described = ", ".join(f"{s.name}: {s.chat_format}/{s.multi_turn}/join {s.join!r}" for s in chatty)
         raise ChatFormatError(f"data sources render conversations differently ({described}); a model is prompted "
-                              "in one format, so give every source the same chat_format and join (and coig the "
-                              "same multi_turn)")
+                              "in one format, so give every source the same chat_format and join (and every "
+                              "conversation source the same multi_turn)")
     (name, join), = names
     return ChatFormat(name, multi_turn.pop(), join)

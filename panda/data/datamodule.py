@@ -76,9 +76,9 @@ class PandaDataModule(LightningDataModule):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources: source names must be unique, got {names}")
-        # plain values only (checkpoints load with weights_only=True): export finds the tokenizer here
-        self.save_hyperparameters({"tokenizer": tokenizer, "max_seq_length": max_seq_length, "packing": packing,
-                                   "source_names": names})
+        # plain values only (checkpoints load with weights_only=True): export finds the tokenizer here. What the
+        # model also knows (max_seq_length, source_names) it holds itself: Lightning refuses two differing copies
+        self.save_hyperparameters({"tokenizer": tokenizer, "packing": packing})
         self.tokenizer_path = tokenizer
         self.sources = list(sources)
         self.val_sources = list(val_sources or [])

@@ -145,6 +145,34 @@ def step_evaluate(model_dir: Path, run_dir: Path) -> dict[str, dict]:
     return results
 
 
+REPLY_PROMPTS = 3
+"""How many held-out dialogues the trained model answers in the report: the first ones of the file, not chosen."""
+
+
+def step_replies(model_dir: Path, run_dir: Path) -> list[dict]:
+    """The trained model's replies (``panda generate``, greedy) to the first turns of the first held-out dialogues."""
+    import json
+
+    from panda.generate.__main__ import generate
+
+    dialogues = json.loads((DATA_DIR / "val" / "dialogues.json").read_text(encoding="utf-8"))[:REPLY_PROMPTS]
+    prompts = run_dir / "replies_input.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": d[0]["inputs"]}],
+                                           "reference": d[0]["targets"]}, ensure_ascii=False) + "\n"
+                               for d in dialogues), encoding="utf-8")
+    output = run_dir / "replies.jsonl"
+    generate(str(model_dir), str(prompts), str(output), max_new_tokens=48, overwrite=True)
+    return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+
+
+def print_replies(replies: list[dict]) -> None:
+    print(f"\n| held-out dialogue prompt (first {len(replies)}) | trained model's reply | dialogue's own reply |")
+    print("|---|---|---|")
+    for reply in replies:
+        cells = [reply["messages"][0]["content"], reply["output"] or "(empty)", reply["reference"]]
+        print("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+
+
 def print_report(untrained: float, trained: float, evaluation: dict[str, dict], run_dir: Path,
                  seconds: float) -> None:
     print("\n## Panda demo results\n")
@@ -206,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         step = "evaluate"
         print("== 6/6 evaluate on the held-out C3-format and LogiQA-v2-format sets", flush=True)
         evaluation = step_evaluate(model_dir, run_dir)
+        step = "replies"
+        print("== replies to held-out dialogue prompts (panda generate)", flush=True)
+        replies = step_replies(model_dir, run_dir)
     except DemoStepError as err:
         print(f"\ndemo stopped at step '{step}': {err}", file=sys.stderr)
         return 1
@@ -217,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shown_run_dir = Path(os.path.relpath(REPOSITORY / run_dir, caller_dir))
     print_report(untrained, trained, evaluation, shown_run_dir, time.monotonic() - start)
+    print_replies(replies)
+    print(f"talk to it yourself:  panda chat {shown_run_dir / 'hf'}")
     if trained * REQUIRED_PPL_DROP > untrained:
         print(f"demo failed its check: the trained perplexity {trained:,.1f} is not {REQUIRED_PPL_DROP}x below the "
               f"untrained {untrained:,.1f}", file=sys.stderr)

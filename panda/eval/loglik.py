@@ -27,7 +27,8 @@ at the positions that predict an option token (``_logits_at``)::
 The prompts are right-padded so that causal attention alone keeps the pads out (no mask: SDPA's fast causal
 kernel); the option rows carry a 2D mask that hides the prompts' pads in the cache. Options are grouped by length
 (:func:`length_groups`), so one long option does not pad every other one to its length. Only 2D masks are used,
-so every attention kernel (eager, sdpa, flash) takes this path. With ``share_prompt=False`` each
+so every attention kernel (eager, sdpa, flash) takes this path; a model whose cache is not transformers'
+``DynamicCache`` falls back to the joint rows below. With ``share_prompt=False`` each
 ``prompt + option`` is its own left-padded row in one forward (logits again only where a continuation token is
 predicted) — the prompt is then computed once per option.
 
@@ -170,6 +171,8 @@ def _cached_sums(model, context_ids, rows, row_question, pad_id, device) -> torc
     # kernel is the fast one); only each prompt's last real position goes through the output head
     out = _logits_at(model, torch.arange(len(context_ids), device=device), prompt_lengths - 1, prompt_ids.shape[1],
                      input_ids=prompt_ids, use_cache=True, return_output=True)
+    if type(out.cache) is not DynamicCache:  # e.g. a sliding-window or recurrent cache: no plain per-row copy
+        return _joint_row_sums(model, context_ids, rows, row_question, pad_id, device)
     prompt_cache = [(keys, values) for keys, values, *_ in out.cache]  # per layer (Q, H, Tp, D)
     first = out.logits  # (Q, V): predicts the first token of each of the question's options
     question_of = torch.tensor(row_question, device=device)  # (R,)

@@ -36,7 +36,7 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from panda.constants import IGNORE_INDEX
-from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, training_chat_format
+from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat
 from panda.model.attention import AttnImplementation, describe, packed_forward_kwargs, \
     resolve_attn_implementation, scores_dtype
 from panda.model.lora import LoraSettings, Trainable, add_lora, merged_copy, quantized_load_kwargs, \
@@ -165,6 +165,16 @@ class PandaLM(LightningModule):
             after a vocabulary extension).
         monitor_throughput: Add Lightning's ``ThroughputMonitor`` (useful tokens/s, MFU) and a learning-rate
             monitor when none is configured.
+        tokenizer_dir: The data's tokenizer directory, checked against the embedding size at start and kept in the
+            checkpoint (export finds it there).
+        max_seq_length: The data's row length (sizes the attention term of the MFU estimate).
+        source_names: The data's source names, in the order of the batches' ``source_ids`` (per-source losses).
+        chat_format: How the data renders prompts and conversations
+            (:func:`panda.data.chat_format.training_chat_format`, as a dict); stored with every checkpoint so that
+            generate, chat and export prompt the model as it was trained.
+
+    The last four describe the data, not the model: ``panda fit`` fills them from the data module
+    (``link_arguments`` in :mod:`panda.cli`); give them yourself when you build a ``PandaLM`` in Python.
     """
 
     def __init__(
@@ -181,6 +191,10 @@ class PandaLM(LightningModule):
         lora: LoraSettings | None = None,
         trainable: Trainable = "all",
         monitor_throughput: bool = True,
+        tokenizer_dir: str | None = None,
+        max_seq_length: int | None = None,
+        source_names: list[str] | None = None,
+        chat_format: dict | None = None,
     ) -> None:
         super().__init__()
         if isinstance(lora, dict):  # as stored in a checkpoint's hyperparameters
@@ -213,13 +227,13 @@ class PandaLM(LightningModule):
         if lora is not None and lora.save_adapters_only:
             self.strict_loading = False  # checkpoints hold the adapters; the frozen body comes from `pretrained`
 
-        self.source_names: list[str] = []
-        self.chat_format: ChatFormat | None = None
+        self.source_names = list(source_names or [])
+        self.chat_format = ChatFormat.from_stored(chat_format) if chat_format else None
         self.schedule_plan: SchedulePlan | None = None
         self.flops_per_token = self.forward_flops_per_token = 0
         self._last_batch: tuple[int, dict[str, torch.Tensor]] | None = None  # (FLOPs per token, batch)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_source_loss = torch.nn.ModuleList()
+        self.val_source_loss = torch.nn.ModuleList(MeanMetric() for _ in self.source_names)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -232,12 +246,7 @@ class PandaLM(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        self.source_names = list(getattr(datamodule, "source_names", None) or [])
-        if not self.val_source_loss and self.source_names:
-            self.val_source_loss.extend(MeanMetric() for _ in self.source_names)
-        check_vocabulary(self.hf_model, datamodule)
-        self.chat_format = training_chat_format(getattr(datamodule, "sources", None) or [])
+        check_vocabulary(self.hf_model, self.hparams.tokenizer_dir)
         warn_about_precision(str(self.trainer.precision), self.trainer.strategy.root_device.type)
         if self.hparams.load_dtype == "bfloat16" and not isinstance(self.trainer.strategy, DeepSpeedStrategy) \
                 and self.trainer.precision != "bf16-true":
@@ -367,8 +376,7 @@ class PandaLM(LightningModule):
         embedding = model.get_input_embeddings().weight
         params = [p for p in self.model.parameters() if p is not embedding]
         config = model.config
-        datamodule = getattr(self.trainer, "datamodule", None)
-        context = int(getattr(datamodule, "max_seq_length", None) or config.max_position_embeddings)
+        context = int(self.hparams.max_seq_length or config.max_position_embeddings)
         num_params = sum(p.numel() for p in params)
         attention = 4 * config.num_hidden_layers * config.hidden_size * context
         train = training_flops_per_token(
@@ -405,16 +413,17 @@ def build_llama(pretrained: str | None, config: dict | None, attn_implementation
                                             dtype=dtype)
 
 
-def check_vocabulary(model: PreTrainedModel, datamodule) -> None:
-    """Fail early when the tokenizer can emit ids that the model's embedding has no row for
-    (:func:`panda.data.tokenizer.check_vocabulary`, the one check)."""
+def check_vocabulary(model: PreTrainedModel, tokenizer) -> None:
+    """Fail early when the tokenizer (a directory or a loaded tokenizer) can emit ids that the model's embedding
+    has no row for (:func:`panda.data.tokenizer.check_vocabulary`, the one check)."""
     from panda.data.tokenizer import check_vocabulary as check, load_tokenizer
 
-    tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is None:
         return
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(tokenizer)
+        from panda.data.paths import expand_path
+
+        tokenizer = load_tokenizer(expand_path(str(tokenizer), "data.tokenizer"))
     rows = model.get_input_embeddings().weight.shape[0]
     check(rows, tokenizer, model="the model (model.pretrained / model.config)", tokenizer_name="data.tokenizer")
     if rows > len(tokenizer) + 1024:

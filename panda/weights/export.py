@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from panda.data.chat_format import CHAT_FORMAT_KEY, ChatFormat, chat_template, template_mismatch
+from panda.progress import progress
 from panda.weights.shards import WeightFileError, atomic_directory
 
 LoraMode = Literal["merge", "adapters"]
@@ -202,7 +203,8 @@ def _load(model, state: dict[str, torch.Tensor], *, assign: bool) -> tuple[list[
 
 
 def _find_tokenizer(checkpoint: TrainingCheckpoint, tokenizer: str | None, pretrained: str | None) -> str:
-    candidates = [tokenizer, checkpoint.data.get("tokenizer"), pretrained or checkpoint.hparams.get("pretrained")]
+    candidates = [tokenizer, checkpoint.hparams.get("tokenizer_dir"), checkpoint.data.get("tokenizer"),
+                  pretrained or checkpoint.hparams.get("pretrained")]
     for candidate in candidates:
         if candidate and Path(candidate, "tokenizer_config.json").is_file():
             return str(candidate)
@@ -256,9 +258,15 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, tokenizer: 
     """
     from panda.data.tokenizer import check_vocabulary, load_tokenizer
 
+    stages = progress(desc="export", total=3, unit="stage")
+    stages.set_postfix_str(f"reading {Path(checkpoint).name}")
     training = read_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    stages.update()
     tokenizer_dir = _find_tokenizer(training, tokenizer, pretrained)
+    stages.set_postfix_str("building the model")
     model = build_model(training, pretrained=pretrained)
+    stages.update()
+    stages.set_postfix_str(f"writing {output}")
     is_lora = _lora_settings(training.hparams) is not None
     if dtype != "auto":
         model = model.to(getattr(torch, dtype))
@@ -288,4 +296,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, tokenizer: 
         (staging / "panda_export.json").write_text(json.dumps(
             {"checkpoint": str(training.path), "lora_mode": lora_mode if is_lora else None, "dtype": dtype,
              "tokenizer": tokenizer_dir}, indent=2) + "\n", encoding="utf-8")
+    stages.update()
+    stages.close()
     return Path(output)

@@ -87,7 +87,11 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
 
 def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, after checking that the file holds all the bytes it promises."""
+    """The JSON header of a safetensors file, after checking that the file holds all the bytes it promises.
+
+    (``safetensors.safe_open`` reads a header without checking the file's length, and huggingface_hub's
+    ``parse_safetensors_file_metadata`` reads only from the hub: a truncated download is caught here.)
+    """
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
@@ -224,6 +228,9 @@ class ShardWriter:
 
     def __init__(self, directory: Path, plan: list[PlannedTensor], *, prefix: str = "model",
                  max_shard_size: int | str = "2GB", hash_files: bool = True) -> None:
+        # Shards are consecutive runs of the plan. huggingface_hub's split_state_dict_into_shards_factory moves
+        # tensors larger than the limit to shards of their own out of order, which a writer that streams each
+        # tensor as it is read (one open shard at a time) cannot follow; its size parser has no KiB/MiB either.
         limit = parse_size(max_shard_size)
         groups: list[list[PlannedTensor]] = [[]]
         size = 0

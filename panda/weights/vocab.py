@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from panda.progress import progress
 from panda.weights.shards import atomic_directory
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's "▁", a space in the text
@@ -202,13 +203,21 @@ def extend_vocabulary(model: str, corpus: str | list[str], output: str, *, token
     if [i for i, _ in added] != list(range(piece_count, piece_count + len(added))):
         raise ValueError(f"{tokenizer_dir}: added token ids {[i for i, _ in added]} do not follow the "
                          f"{piece_count} SentencePiece pieces contiguously; cannot keep them in place")
+    stages = progress(desc="extend-vocab", total=4, unit="stage")
+    stages.set_postfix_str(f"learning {vocab_size} pieces from {len(texts)} lines")
     merged, new_pieces = merge_sentencepiece(base_model, train_sentencepiece(texts, vocab_size),
                                              added_tokens=[(t.content, t.special) for _, t in added])
+    stages.update()
+    stages.set_postfix_str("loading the model")
     hf_model = AutoModelForCausalLM.from_pretrained(model, dtype="auto", trust_remote_code=False)
+    stages.update()
     with atomic_directory(output, overwrite=overwrite) as staging:
         save_tokenizer_dir(merged, staging, model_max_length=old_tokenizer.model_max_length)
         new_tokenizer = load_tokenizer(staging)
+        stages.set_postfix_str(f"initialising {len(new_pieces)} rows")
         initialise_new_rows(hf_model, base_model, new_pieces, len(old_tokenizer))
+        stages.update()
+        stages.set_postfix_str("writing")
         if hf_model.get_input_embeddings().weight.shape[0] != len(new_tokenizer):
             raise ValueError(f"the merged tokenizer has {len(new_tokenizer)} tokens but the resized model "
                              f"{hf_model.get_input_embeddings().weight.shape[0]} rows")
@@ -219,6 +228,8 @@ def extend_vocabulary(model: str, corpus: str | list[str], output: str, *, token
             tokens_per_char_before=tokens_per_character(old_tokenizer, evaluation),
             tokens_per_char_after=tokens_per_character(new_tokenizer, evaluation))
         (staging / "vocab_extension.json").write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
+    stages.update()
+    stages.close()
     print(result.summary())
     return result
 

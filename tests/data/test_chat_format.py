@@ -88,6 +88,9 @@ def test_training_mix_has_one_chat_format(tmp_path):
     assert training_chat_format([source("news", "wudao"), source("coig", multi_turn="panda_compat", join=" ")]) == \
         ChatFormat("reference", "panda_compat", " ")
     assert training_chat_format([source("wiki", "wiki2019zh"), source("qa", "baike2018qa")]) == ChatFormat(join="")
+    assert training_chat_format([source("qa", "baike2018qa"), source("cf", "coig_counterfactual",
+                                                                     multi_turn="panda_compat")]).multi_turn == \
+        "panda_compat"  # a templated conversation corpus decides the history layout too
     with pytest.raises(ChatFormatError, match="coig: roles/conversation/join '', flan: reference/conversation/join"):
         training_chat_format([source("coig", chat_format="roles"), source("flan", "flan")])
 

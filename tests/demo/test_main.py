@@ -60,3 +60,18 @@ def test_demo_end_to_end():
                             timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "untrained val/ppl" in result.stdout and "tensorboard --logdir runs/demo/run-" in result.stdout
+
+
+def test_replies_to_the_first_held_out_dialogues(tmp_path, model_dir, monkeypatch, capsys):
+    import json
+
+    data = tmp_path / "data"
+    (data / "val").mkdir(parents=True)
+    dialogues = [[{"inputs": f"问题{i}", "targets": f"回答{i}"}] for i in range(5)]
+    (data / "val" / "dialogues.json").write_text(json.dumps(dialogues, ensure_ascii=False), encoding="utf-8")
+    monkeypatch.setattr(demo, "DATA_DIR", data)
+    replies = demo.step_replies(model_dir, tmp_path)
+    assert [r["messages"][0]["content"] for r in replies] == ["问题0", "问题1", "问题2"]
+    demo.print_replies(replies)
+    out = capsys.readouterr().out
+    assert "| 问题0 | " in out and out.rstrip().endswith("| 回答2 |")

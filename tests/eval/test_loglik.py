@@ -145,3 +145,13 @@ def test_models_without_a_separate_output_head_score_the_same(tiny_model, tokeni
     full = score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
     for a, b in zip(gathered, full):
         assert [r["logprob"] for r in a] == pytest.approx([r["logprob"] for r in b], abs=1e-5)
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_a_tokenizer_without_pad_token_scores_the_same(tiny_model, tokenizer, share_prompt):
+    pad_less = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    pad_less.pad_token = None
+    expected = score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=share_prompt)
+    got = score_options(tiny_model, pad_less, CONTEXTS, OPTIONS, share_prompt=share_prompt)
+    assert [o["logprob"] for q in got for o in q] == pytest.approx([o["logprob"] for q in expected for o in q],
+                                                                  abs=1e-5)

@@ -60,7 +60,7 @@ def test_message_names_step_and_sources():
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, contract_datamodule, tmp_path):
     torch.manual_seed(0)
-    model = PoisonedAt(config=tiny_config)
+    model = PoisonedAt(config=tiny_config, source_names=contract_datamodule.source_names)
     checkpoints = tmp_path / "checkpoints"
     trainer = Trainer(accelerator="cpu", max_steps=8, logger=False, enable_progress_bar=False, limit_val_batches=0,
                       callbacks=[AtomicCheckpoint(dirpath=str(checkpoints), every_n_train_steps=1, keep_last=1)])
@@ -77,7 +77,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, contr
 def test_a_nan_inside_an_accumulation_window_stops_before_the_step_with_one_sync_per_step(
         tiny_config, contract_datamodule, monkeypatch):
     torch.manual_seed(0)
-    model = PoisonedAt(config=tiny_config)
+    model = PoisonedAt(config=tiny_config, source_names=contract_datamodule.source_names)
     model.bad_step = 1  # the first micro-batch of the second window (micro-batches 2 and 3)
     trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False, limit_val_batches=0,
                       enable_checkpointing=False, accumulate_grad_batches=2)

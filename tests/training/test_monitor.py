@@ -35,7 +35,7 @@ def test_flops_per_token_matches_torch_flop_counter(tiny_config):
 
 
 def test_throughput_and_mfu_are_logged_in_useful_tokens(tiny_config, contract_datamodule, tmp_path):
-    model = PandaLM(config=tiny_config)
+    model = PandaLM(config=tiny_config, max_seq_length=contract_datamodule.max_seq_length)
     monitor = PandaThroughputMonitor(window_size=2, peak_flops=1e12)
     trainer = Trainer(accelerator="cpu", max_steps=4, logger=CSVLogger(tmp_path), log_every_n_steps=1,
                       callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
