@@ -216,3 +216,28 @@ def test_a_teacher_with_another_vocabulary_is_refused_at_start(tmp_path, tokeniz
     with pytest.raises(ConfigError, match=r"model.init_args.teacher=.*other.* and the student's data.tokenizer "
                                           r"have different vocabularies \(2500 tokens vs 4000"):
         fit(module, datamodule(tokenizer_dir, corpus), 1)
+
+
+@pytest.mark.slow
+def test_distillation_runs_under_two_process_zero1(teacher_dir, tokenizer_dir, tokenizer, corpus, tmp_path):
+    """The teacher beside a ZeRO-1 student in 2 CPU processes: each rank's copy frozen, outside DeepSpeed's engine
+    and its checkpoint."""
+    import yaml
+
+    from tests.training.test_resume import fit as fit_command_line, logged_losses, write_config
+
+    path = write_config(tmp_path / "kd.yaml", tmp_path / "run", tokenizer_dir, corpus, len(tokenizer))
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["model"]["class_path"] = "panda.model.distill.DistilledPandaLM"
+    config["model"]["init_args"].update(teacher=str(teacher_dir), alpha=0.5, temperature=2.0,
+                                        config=llama(tokenizer, STUDENT))
+    config["trainer"]["max_steps"] = 4
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    fit_command_line(path)
+    assert sorted(logged_losses(tmp_path / "run")) == [0, 1, 2, 3]
+    with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv", newline="") as handle:
+        kd = [float(row["train/kd_loss"]) for row in csv.DictReader(handle) if row.get("train/kd_loss")]
+    assert len(kd) == 4 and all(math.isfinite(x) for x in kd)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step=00000004.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt"
+    module = torch.load(checkpoint, weights_only=False)["module"]
+    assert module and not any("teacher" in key for key in module)
