@@ -22,8 +22,8 @@ the first step excluded; variants interleaved in ``--rounds`` rounds; the table 
 over rounds, and ratios of medians against packed. Goals (issue 11): packed ≥ 3× (a) at 2048, ≥ 1.15× (c).
 The machine's load average is printed before and after: on a shared machine, compare ratios, not rates.
 
-Loss memory: peak resident memory added by one forward+backward of one packed 2048-token row with LLaMA's 32,001
-vocabulary, full-logits loss (before) against the chunked loss (after), each in a fresh process.
+Loss memory: peak resident memory added by one forward+backward of Panda-7B's micro-batch (4 packed 2048-token rows)
+with LLaMA's 32,001 vocabulary, full-logits loss (before) against the chunked loss (after), each in a fresh process.
 
     .venv/bin/python benchmarks/train_throughput.py [--seq-lengths 512 2048] [--steps 5] [--rounds 3]
 """
@@ -262,15 +262,15 @@ def micro_batches(documents: list[dict], width: int | None, pad_id: int, seed: i
 
 
 # ---------------------------------------------------------------------------------------------- loss memory
-def memory_probe(chunked: bool, length: int) -> float:
-    """MB of peak resident memory added by one forward+backward of one packed row, vocabulary 32,001."""
+def memory_probe(chunked: bool, length: int, rows: int) -> float:
+    """MB of peak resident memory added by one forward+backward of ``rows`` packed rows, vocabulary 32,001."""
     from panda.model.attention import packed_forward_kwargs
     from panda.model.module import build_llama, causal_lm_losses, chunked_causal_lm_losses
 
     torch.manual_seed(0)
     model = build_llama(None, model_config(32001, length), "document_sdpa", torch.float32).train()
-    input_ids = torch.randint(4, 32001, (1, length), generator=torch.Generator().manual_seed(0))  # (1, T)
-    position_ids = (torch.arange(length) % 256)[None]  # a document every 256 tokens
+    input_ids = torch.randint(4, 32001, (rows, length), generator=torch.Generator().manual_seed(0))  # (B, T)
+    position_ids = (torch.arange(length) % 256).repeat(rows, 1)  # a document every 256 tokens
     batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": input_ids.clone()}
 
     def rss_kb(key: str) -> int:
@@ -288,11 +288,11 @@ def memory_probe(chunked: bool, length: int) -> float:
     return (rss_kb("VmHWM:") - before) / 1024
 
 
-def loss_memory(length: int, threads: int) -> dict[str, float]:
+def loss_memory(length: int, rows: int, threads: int) -> dict[str, float]:
     results = {}
     for name in ("full", "chunked"):
         command = [sys.executable, __file__, "--memory-probe", name, "--memory-length", str(length),
-                   "--threads", str(threads)]
+                   "--memory-rows", str(rows), "--threads", str(threads)]
         results[name] = float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
     return results
 
@@ -322,13 +322,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--memory-length", type=int, default=2048)
+    parser.add_argument("--memory-rows", type=int, default=MICRO_BATCH)
     parser.add_argument("--memory-probe", choices=["full", "chunked"], help=argparse.SUPPRESS)
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
-        print(memory_probe(args.memory_probe == "chunked", args.memory_length))
+        print(memory_probe(args.memory_probe == "chunked", args.memory_length, args.memory_rows))
         return
     args.rows = {length: max(1, 4096 // length) for length in args.seq_lengths}  # 4,096 tokens per packed step
 
@@ -340,9 +341,9 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs; "
           f"{torch.get_num_threads()} torch thread(s)")
     with tempfile.TemporaryDirectory(prefix="panda-throughput-") as tmp:
-        workdir = prepare(Path(tmp))
-        tokenizer = load_tokenizer(workdir / "data" / "demo" / "tokenizer")
-        pad_id = tokenizer.pad_token_id
+        workdir = prepare(Path(tmp)) if args.seq_lengths else None  # --seq-lengths with no value: memory only
+        tokenizer = load_tokenizer(workdir / "data" / "demo" / "tokenizer") if workdir else None
+        pad_id = tokenizer.pad_token_id if tokenizer else None
         for seq_length in args.seq_lengths:
             config = model_config(len(tokenizer), seq_length)
             batches = packed_batches(workdir, seq_length, args.rows[seq_length], args.steps)
@@ -374,8 +375,8 @@ def main() -> None:
             table(seq_length, rates, tokens, steps)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.skip_memory:
-        memory = loss_memory(args.memory_length, args.threads)
-        print(f"\nloss memory, one {args.memory_length}-token packed row, vocabulary 32,001 (peak RSS added by "
+        memory = loss_memory(args.memory_length, args.memory_rows, args.threads)
+        print(f"\nloss memory, {args.memory_rows} packed rows × {args.memory_length}, vocabulary 32,001 (peak RSS added by "
               f"forward+backward): full logits {memory['full']:,.0f} MB, chunked {memory['chunked']:,.0f} MB "
               f"({memory['full'] / memory['chunked']:.2f}×)")
 

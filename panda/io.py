@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PARTIAL = ".partial-"
-RETIRED = ".retired-"
+RETIRED = ".retired"
 
 
 def sibling(final: Path, tag: str = PARTIAL) -> Path:
@@ -34,16 +34,35 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def retired(final: Path) -> Path:
+    """Where :func:`publish` keeps the previous version of ``final`` during the swap: ``.<name>.retired``."""
+    return final.with_name(f".{final.name}{RETIRED}")
+
+
+def recover_retired(final: Path) -> Path | None:
+    """After a crash in the middle of :func:`publish`: a ``.retired`` version whose ``final`` is missing is the
+    last complete one and is put back; one whose ``final`` exists is deleted (returned)."""
+    old = retired(Path(final))
+    if not (old.exists() or old.is_symlink()):
+        return None
+    if not Path(final).exists():
+        os.replace(old, final)
+        return None
+    remove(old)
+    return old
+
+
 def remove_partials(final: Path) -> list[Path]:
-    """Delete what an interrupted publish of ``final`` left behind (``.<name>.partial-*``); return the paths."""
+    """Clean up what an interrupted publish of ``final`` left behind (``.<name>.partial-*`` deleted, a retired
+    complete version restored, see :func:`recover_retired`); return the deleted paths."""
     final = Path(final)
     if not final.parent.is_dir():
         return []
-    leftovers = sorted(final.parent.glob(f".{final.name}{PARTIAL}*")) + \
-        sorted(final.parent.glob(f".{final.name}{RETIRED}*"))
+    leftovers = sorted(final.parent.glob(f".{final.name}{PARTIAL}*"))
     for leftover in leftovers:
         remove(leftover)
-    return leftovers
+    old = recover_retired(final)
+    return leftovers + ([old] if old is not None else [])
 
 
 def fsync_tree(path: Path) -> None:
@@ -84,20 +103,21 @@ def publish(partial: Path, final: Path, *, durable: bool = True) -> None:
 
     A file replaces a file atomically. A folder cannot replace a non-empty folder, so an existing ``final`` folder
     is first renamed aside and deleted only once the new one is in place: at every instant one complete version
-    exists under ``final`` or under its hidden ``.retired-*`` name.
+    exists under ``final`` or under its hidden ``.retired`` name (which :func:`recover_retired` puts back).
     """
     partial, final = Path(partial), Path(final)
     if durable:
         fsync_tree(partial)
-    retired = None
+    old = None
     if final.is_dir() and not final.is_symlink():
-        retired = sibling(final, RETIRED)
-        os.replace(final, retired)
+        old = retired(final)
+        remove(old)
+        os.replace(final, old)
     os.replace(partial, final)
     if durable:
         fsync_dir(final.parent)
-    if retired is not None:
-        remove(retired)
+    if old is not None:
+        remove(old)
 
 
 @contextmanager

@@ -57,3 +57,16 @@ def test_leftovers_of_a_killed_publish_are_removed_by_the_next_one(tmp_path):
     with atomic_directory(tmp_path / "out"):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_crash_between_the_two_renames_keeps_the_complete_old_version(tmp_path):
+    """`publish` moved the old folder aside and died before the new one was renamed in: the old one comes back."""
+    from panda.io import retired
+
+    old = retired(tmp_path / "out")
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"complete")
+    sibling(tmp_path / "out").mkdir()  # the new version, half written
+    remove_partials(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"complete"

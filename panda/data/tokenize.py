@@ -131,6 +131,10 @@ def _segment_backends(tokenizer) -> _Backends | None:
                     setattr(part, attribute, value)
         for copy in (first, continuation):
             copy.encode_special_tokens = True  # corpus text that spells "</s>" is text, not an EOS
+            # the serialized backend carries the padding/truncation a padded call (generation, evaluation) left
+            # switched on in the shared tokenizer; a training segment is never padded nor cut here
+            copy.no_padding()
+            copy.no_truncation()
         backends = _BACKENDS[tokenizer] = _Backends(first, continuation)
     return backends
 

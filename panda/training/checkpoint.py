@@ -19,10 +19,8 @@ write, the clean-up and the RNG state.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,53 +30,35 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-from panda.io import fsync_dir, fsync_tree
+from panda.io import RETIRED, publish, recover_retired, remove
 
 PARTIAL_SUFFIX = ".partial"
-REPLACED_SUFFIX = ".replaced"
+"""Every rank writes its part of a checkpoint into ``.<name>.partial`` (one agreed name, so not
+:func:`panda.io.sibling`'s random one); global rank 0 publishes it with :func:`panda.io.publish`."""
 
 
 def _hidden(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}{suffix}")
 
 
-def _remove(path: Path) -> None:
-    """Delete a checkpoint file or directory."""
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 def commit(partial: Path, final: Path) -> None:
-    """Publish a fully written checkpoint ``partial`` (file or directory) under the name ``final``.
-
-    ``os.replace`` is atomic for a file; a directory cannot replace a non-empty one, so an existing ``final`` is
-    first moved aside and deleted only once the new one is in place.
-    """
-    fsync_tree(partial)
-    replaced = _hidden(final, REPLACED_SUFFIX)
-    if final.is_dir():
-        os.replace(final, replaced)
-    os.replace(partial, final)
-    fsync_dir(final.parent)
-    if replaced.is_dir():
-        shutil.rmtree(replaced)
+    """Publish a fully written checkpoint ``partial`` (file or directory) under the name ``final``."""
+    publish(partial, final)
 
 
 def clean_interrupted_saves(dirpath: Path) -> list[Path]:
     """Remove what an interrupted save left in ``dirpath``; return the removed paths.
 
-    A ``.<name>.replaced`` entry whose ``<name>`` is missing was a complete checkpoint caught between the two
-    renames of :func:`commit`: it is restored instead of removed.
+    A ``.<name>.retired`` entry whose ``<name>`` is missing was a complete checkpoint caught between the two
+    renames of :func:`panda.io.publish`: it is restored instead of removed.
     """
     removed = []
-    for leftover in sorted(dirpath.glob(f".*{REPLACED_SUFFIX}")):
-        final = dirpath / leftover.name[1:-len(REPLACED_SUFFIX)]
-        if not final.exists():
-            os.replace(leftover, final)
-            continue
-        _remove(leftover)
-        removed.append(leftover)
+    for leftover in sorted(dirpath.glob(f".*{RETIRED}")):
+        old = recover_retired(dirpath / leftover.name[1:-len(RETIRED)])
+        if old is not None:
+            removed.append(old)
     for leftover in sorted(dirpath.glob(f".*{PARTIAL_SUFFIX}")):
-        _remove(leftover)
+        remove(leftover)
         removed.append(leftover)
     return removed
 
@@ -121,7 +101,7 @@ class AtomicCheckpoint(ModelCheckpoint):
         final = Path(filepath)
         partial = _hidden(final, PARTIAL_SUFFIX)
         if trainer.is_global_zero and partial.exists():  # never mix shards with an earlier failed attempt
-            _remove(partial)
+            remove(partial)
         trainer.strategy.barrier("AtomicCheckpoint.clear")
         trainer.save_checkpoint(str(partial), self.save_weights_only)  # every rank writes its part, then a barrier
         if trainer.is_global_zero:

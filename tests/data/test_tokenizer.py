@@ -13,7 +13,12 @@ def test_llama_style_tokenizer(tokenizer, tokenizer_dir):
     emoji = tokenizer("😀", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(emoji)[1:] == ["<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]  # byte fallback
     assert tokenizer.decode(emoji) == "😀"
-    assert load_tokenizer(tokenizer_dir)("中国2024年")["input_ids"] == ids[:0] + tokenizer("中国2024年")["input_ids"]
+    # the same ids as the raw SentencePiece model the directory holds (identity normalisation, BOS prepended)
+    import sentencepiece as spm
+
+    raw = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
+    for text in ("中国2024年", "人民日报社论：迈向充满希望的新世纪", "Hello 世界 😀"):
+        assert load_tokenizer(tokenizer_dir)(text)["input_ids"] == [BOS_ID] + raw.encode(text), text
 
 
 def test_stock_layout_has_no_pad_and_loads_with_eos_as_fill(stock_llama_dir, caplog):

@@ -94,7 +94,7 @@ def test_commit_replaces_a_directory_checkpoint_whole(tmp_path):
 
 
 def test_clean_up_restores_a_checkpoint_caught_between_renames(tmp_path):
-    (tmp_path / ".step=00000004.ckpt.replaced").mkdir()
+    (tmp_path / ".step=00000004.ckpt.retired").mkdir()
     (tmp_path / ".step=00000006.ckpt.partial").mkdir()
     removed = clean_interrupted_saves(tmp_path)
     assert [p.name for p in removed] == [".step=00000006.ckpt.partial"]
