@@ -178,11 +178,15 @@ def _cli_kwargs() -> dict:
 
 def lightning(args: list[str], run: bool = True) -> PandaCLI:
     """Run ``fit``/``validate``/``test`` with ``args`` (the subcommand first) and return the CLI object."""
+    _prepare_environment()
+    return PandaCLI(LightningModule, LightningDataModule, args=args, run=run, **_cli_kwargs())
+
+
+def _prepare_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # `panda fit ...` passes its own argv as `args` (no sys.argv swapping); Lightning warns when both are set
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     _quiet_deepspeed_on_cpu()
-    return PandaCLI(LightningModule, LightningDataModule, args=args, run=run, **_cli_kwargs())
 
 
 def _quiet_deepspeed_on_cpu() -> None:
@@ -202,6 +206,7 @@ def parse(args: list[str]) -> Namespace:
             ``["--config", "configs/base.yaml", "--config", "configs/experiments/panda_7b.yaml"]`` (parsed as
             ``fit``).
     """
+    _prepare_environment()
     return _ParseOnlyCLI(LightningModule, LightningDataModule, args=args, run=False, **_cli_kwargs()).config
 
 
