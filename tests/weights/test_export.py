@@ -165,15 +165,13 @@ def test_missing_tensor_is_named_and_nothing_is_written(tmp_path, tiny_config, t
     assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.slow
-def test_deepspeed_zero_checkpoint_directory_is_exported(tmp_path, tiny_config, tokenizer_dir):
-    """A real ZeRO-2 checkpoint (CPU DeepSpeed, in a subprocess) → HF directory with the trained module's logits."""
+def write_zero_checkpoint(tmp_path, tiny_config) -> None:
+    """Run :func:`zero_worker` in a clean subprocess: ``tmp_path/zero`` (a real CPU ZeRO-2 checkpoint) and
+    ``tmp_path/expected.pt`` (the trained module's logits)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
-
-    from transformers import AutoModelForCausalLM
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -184,6 +182,13 @@ def test_deepspeed_zero_checkpoint_directory_is_exported(tmp_path, tiny_config, 
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "zero").is_dir()
 
+
+@pytest.mark.slow
+def test_deepspeed_zero_checkpoint_directory_is_exported(tmp_path, tiny_config, tokenizer_dir):
+    """A real ZeRO-2 checkpoint (CPU DeepSpeed, in a subprocess) → HF directory with the trained module's logits."""
+    from transformers import AutoModelForCausalLM
+
+    write_zero_checkpoint(tmp_path, tiny_config)
     export_checkpoint(tmp_path / "zero", tmp_path / "hf", tokenizer=str(tokenizer_dir))
 
     expected = torch.load(tmp_path / "expected.pt", weights_only=True)

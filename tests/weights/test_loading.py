@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -109,20 +108,9 @@ def test_eval_loading_names_still_work(tmp_path, tiny_config, tokenizer_dir):
 
 @pytest.mark.slow
 def test_deepspeed_zero_checkpoint_folder_loads(tmp_path, tiny_config, tokenizer_dir):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.weights.test_export import write_zero_checkpoint
 
-    import tests.weights.test_export as export_tests
-
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
-        env.pop(name, None)
-    result = subprocess.run([sys.executable, export_tests.__file__, str(tmp_path), json.dumps(tiny_config)],
-                            cwd=root, env=env, capture_output=True, text=True, timeout=420)
-    assert result.returncode == 0, result.stderr[-4000:]
+    write_zero_checkpoint(tmp_path, tiny_config)
     loaded = load_pretrained(tmp_path / "zero", tokenizer_dir, device="cpu")
     expected = torch.load(tmp_path / "expected.pt", weights_only=True)
     torch.testing.assert_close(logits(loaded.model, expected["input_ids"]), expected["logits"])
