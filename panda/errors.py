@@ -67,3 +67,27 @@ def _os_error_message(error: OSError) -> str:
     if error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror.lower()}"
     return str(error)
+
+
+
+def run_command(target, argv: list[str] | None, prog: str, *, show: Callable | None = None, **cli_kwargs) -> int:
+    """A command group's ``main``: ``jsonargparse.CLI(target)`` on ``argv`` under :func:`report_user_errors`.
+
+    Args:
+        target: The function (or ``{name: function}``) whose signature and docstring are the command line.
+        show: Called with the command's return value (e.g. to print what was written).
+
+    Returns:
+        0 once the command has run, 1 or 2 on a user error.
+    """
+    from jsonargparse import CLI
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    def run() -> int:
+        result = CLI(target, args=argv, prog=prog, **cli_kwargs)
+        if show is not None:
+            show(result)
+        return 0
+
+    return report_user_errors(prog, run)

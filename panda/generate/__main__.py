@@ -11,11 +11,10 @@ name and renamed when complete, so a failed run leaves no half-written file.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from panda.errors import UserError, report_user_errors
+from panda.errors import UserError, run_command
 from panda.generate.engine import RequestError, Sampling, check_length, generate_all, request_ids
 from panda.weights.loading import Dtype, load_pretrained
 
@@ -111,15 +110,7 @@ def generate(model: str, input: str | None = None, output: str | None = None, to
 
 def main(argv: list[str] | None = None) -> int:
     """``panda generate``: exit 0 when the output was written (skipped lines are reported), 1 on a user error."""
-    from jsonargparse import CLI
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    def run() -> int:
-        CLI(generate, args=argv, prog="panda generate")
-        return 0
-
-    return report_user_errors("panda generate", run)
+    return run_command(generate, argv, "panda generate")
 
 
 if __name__ == "__main__":

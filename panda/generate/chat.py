@@ -8,12 +8,11 @@ Streaming uses transformers' ``TextStreamer`` on the same ``generate`` call that
 
 from __future__ import annotations
 
-import os
 import sys
 
 from transformers import TextStreamer
 
-from panda.errors import report_user_errors
+from panda.errors import run_command
 from panda.generate.engine import RequestError, Sampling, check_length, generate_ids, request_ids
 from panda.weights.loading import Dtype, load_pretrained
 
@@ -125,15 +124,7 @@ def chat(model: str, tokenizer: str | None = None, system: str | None = None, ma
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jsonargparse import CLI
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    def run() -> int:
-        CLI(chat, args=argv, prog="panda chat")
-        return 0
-
-    return report_user_errors("panda chat", run)
+    return run_command(chat, argv, "panda chat")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ Arguments are read from the functions' signatures (jsonargparse), so the docstri
 
 from __future__ import annotations
 
-import os
 import sys
 
-from jsonargparse import CLI
 
-from panda.errors import report_user_errors
+from panda.errors import run_command
 
 from panda.weights.delta import apply_delta, make_delta
 from panda.weights.export import export_checkpoint
@@ -33,16 +31,13 @@ COMMANDS = {
 
 def main(args: list[str] | None = None) -> int:
     """Run one command; a mistake the user can fix (wrong base, truncated file, …) is one line on stderr, exit 1."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return report_user_errors("panda weights", lambda: _run(args))
+    return run_command(COMMANDS, args, "panda weights", show=_show,
+                       description="Panda weight tools: deltas, export to Hugging Face, vocabulary extension.")
 
 
-def _run(args: list[str] | None) -> int:
-    result = CLI(COMMANDS, args=args, prog="panda weights",
-                 description="Panda weight tools: deltas, export to Hugging Face, vocabulary extension.")
+def _show(result) -> None:
     if result is not None and not hasattr(result, "summary"):
         print(f"wrote {result}")
-    return 0
 
 
 if __name__ == "__main__":
