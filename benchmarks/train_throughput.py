@@ -174,12 +174,12 @@ def run_packed(args, workdir: Path, seq_length: int, config: dict) -> Clock:
     return clock
 
 
-def plain_loop(config: dict, batches: list[dict], step_loss) -> Clock:
+def plain_loop(config: dict, batches: list[dict], step_loss, attn_implementation: str = "sdpa") -> Clock:
     """AdamW + clipping over ready batches; ``step_loss(model, batch)`` is the variant's forward and loss."""
     from panda.model.module import build_llama
 
     torch.manual_seed(0)
-    model = build_llama(None, config, "sdpa", torch.float32)
+    model = build_llama(None, config, attn_implementation, torch.float32)
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -351,7 +351,7 @@ def main() -> None:
             sevenb, padmax = micro_batches(documents, None, pad_id), micro_batches(documents, seq_length, pad_id)
             variants = {
                 "packed": lambda: run_packed(args, workdir, seq_length, config),
-                "packed-loop": lambda: plain_loop(config, batches, panda_loss),
+                "packed-loop": lambda: plain_loop(config, batches, panda_loss, "document_sdpa"),
                 "causal": lambda: plain_loop(config, batches, causal_loss),
                 "(a) 7B": lambda: plain_loop(config, sevenb, hf_loss),
                 "(b) hf-dyn": lambda: run_hf_trainer(documents, tokenizer, config, workdir, False),

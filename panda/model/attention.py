@@ -24,9 +24,11 @@ selected by ``model.attn_implementation``::
   exactness reference and for hardware where nothing else runs.
 
 The boundaries are the cumulative document lengths over the flattened tokens, computed once per batch from the
-position ids (transformers' own helper). transformers only infers packing from position ids by itself for batch
-size 1, so we always pass them explicitly. Unpacked calls (generation, scoring with a 2D padding mask) reach the
-registered functions without boundaries and run stock SDPA with transformers' usual mask.
+position ids (transformers' own helper) and always passed explicitly (transformers infers them by itself for the
+flash kernels only at batch size 1). Packed calls of the registered paths also get an empty 4D mask, so that
+transformers does not build the dense (B, 1, T, T) mask it would otherwise derive from the position ids. Unpacked
+calls (generation, scoring with a 2D padding mask) reach the registered functions without boundaries and run
+stock SDPA with transformers' usual mask.
 
 The mask *form* a dense kernel consumes is decided in one place, :func:`kernel_mask` (used by the model and by
 log-likelihood scoring).
@@ -133,6 +135,8 @@ def packed_forward_kwargs(batch: Mapping[str, torch.Tensor], attn_implementation
             position_ids)  # boundaries over the flattened (B·T,) tokens: every row and document starts at 0
         kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
                       max_length_q=int(max_length_q), max_length_k=int(max_length_k))
+        if attn_implementation in REGISTERED_IMPLEMENTATIONS:
+            kwargs["attention_mask"] = _boundaries_only(input_ids)
     elif attn_implementation == "flex_attention":
         kwargs["attention_mask"] = document_block_mask(position_ids)
     else:
@@ -142,6 +146,19 @@ def packed_forward_kwargs(batch: Mapping[str, torch.Tensor], attn_implementation
 
 
 # ------------------------------------------------------------------------------------ registered attention paths
+REGISTERED_IMPLEMENTATIONS = (DOCUMENT_SDPA, VARLEN)
+
+
+def _boundaries_only(input_ids: torch.Tensor) -> torch.Tensor:
+    """An empty 4D ``attention_mask`` (B, 1, 0, 0) for a packed call of a registered path.
+
+    transformers returns a 4D mask as it is; without one it would build a dense (B, 1, T, T) document mask from
+    the position ids in every forward that the boundaries make useless. Being empty, it cannot be mistaken for a
+    real mask: a kernel handed it fails on its shape.
+    """
+    return input_ids.new_empty((input_ids.shape[0], 1, 0, 0), dtype=torch.bool)
+
+
 def _flattened(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
     """(B, H, T, D) projections → (B·T, H, D); free, since LLaMA's projections are (B, T, H, D) transposed."""
     return tuple(x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]) for x in (query, key, value))
@@ -159,9 +176,10 @@ def document_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     lengths = cu_seq_lens_q.diff().tolist()
     pieces = zip(*(x.split(lengths) for x in _flattened(query, key, value)))  # per document: (L, H, D) × 3
-    outputs = [F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                              dropout_p=dropout, is_causal=True, scale=scaling).transpose(0, 1)
-               for q, k, v in pieces]  # (L, H, D) each
+    outputs = [F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                              v.transpose(0, 1)[None], dropout_p=dropout, is_causal=True,
+                                              scale=scaling)[0].transpose(0, 1)
+               for q, k, v in pieces]  # (L, H, D) each; 4D (1, H, L, D) inputs, as CPU's flash kernel needs
     return torch.cat(outputs).view(batch, length, heads, dim), None
 
 

@@ -36,7 +36,11 @@ def test_kwargs_per_implementation():
     assert set(flex) == {"input_ids", "position_ids", "attention_mask"} and flex["position_ids"] is batch["position_ids"]
     for boundaries in ("document_sdpa", "varlen", "flash_attention_2"):
         kwargs = packed_forward_kwargs(batch, boundaries)
-        assert kwargs["cu_seq_lens_q"].tolist() == [0, 1, 3] and "attention_mask" not in kwargs
+        assert kwargs["cu_seq_lens_q"].tolist() == [0, 1, 3]
+        if boundaries == "flash_attention_2":  # transformers' integration takes no 4D mask
+            assert "attention_mask" not in kwargs
+        else:  # ours get an empty 4D mask, so that transformers builds no dense one they would not read
+            assert kwargs["attention_mask"].shape == (1, 1, 0, 0)
     with pytest.raises(ValueError, match="'paged_magic' is not supported"):
         packed_forward_kwargs(batch, "paged_magic")
 
@@ -187,6 +191,40 @@ def test_boundary_paths_give_the_dense_mask_gradients(tiny_llama_config, packed_
     torch.testing.assert_close(grads["sdpa"][0], grads[attn_implementation][0], atol=1e-5, rtol=1e-5)
     for dense, boundary in zip(grads["sdpa"][1], grads[attn_implementation][1]):
         torch.testing.assert_close(dense, boundary, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn_implementation", ["document_sdpa", "varlen"])
+def test_packed_calls_build_no_dense_mask(tiny_llama_config, packed_documents, attn_implementation, varlen_on_cpu):
+    """transformers would build a (B, 1, T, T) document mask from the position ids in every packed forward."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    def no_dense_mask(**kwargs):
+        raise AssertionError("a packed call built a dense mask")
+
+    _, batch = packed_documents
+    model = tiny_model(tiny_llama_config, attn_implementation)
+    stock = ALL_MASK_ATTENTION_FUNCTIONS[attn_implementation]
+    ALL_MASK_ATTENTION_FUNCTIONS.register(attn_implementation, no_dense_mask)
+    try:
+        with torch.no_grad():
+            model(**packed_forward_kwargs(batch, attn_implementation))
+    finally:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(attn_implementation, stock)
+
+
+def test_document_sdpa_calls_the_kernel_with_4d_inputs(tiny_llama_config, packed_documents, monkeypatch):
+    """CPU's flash kernel takes (B, H, L, D) only; 3D (H, L, D) inputs silently run the 2× slower math path."""
+    stock, shapes = F.scaled_dot_product_attention, []
+
+    def spy(query, key, value, **kwargs):
+        shapes.append(query.dim())
+        return stock(query, key, value, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    _, batch = packed_documents
+    with torch.no_grad():
+        tiny_model(tiny_llama_config, "document_sdpa")(**packed_forward_kwargs(batch, "document_sdpa"))
+    assert shapes and set(shapes) == {4}
 
 
 def test_registered_paths_without_boundaries_are_stock_sdpa(tiny_llama_config):
