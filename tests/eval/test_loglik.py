@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from panda.eval.loading import encode
+from panda.eval import loglik
 from panda.eval.loglik import choose, length_groups, score_options, split_continuation
 from panda.eval.scoring import score_batch
 
@@ -41,26 +42,32 @@ def test_batched_scores_equal_a_plain_per_option_computation(attention_model, to
         assert all(r["tokens"] >= 1 and r["logprob"] < 0 for r in result)
 
 
-def test_each_prompt_is_computed_once_and_options_run_in_length_groups(tiny_model, tokenizer):
+def forward_shapes(model, tokenizer, **kwargs) -> list[tuple[int, int]]:
     shapes = []
-    handle = tiny_model.register_forward_hook(
-        lambda module, args, kwargs, output: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    handle = model.register_forward_hook(
+        lambda module, args, kw, output: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     try:
-        score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=True)
-        shared = len(shapes)
-        score_options(tiny_model, tokenizer, CONTEXTS, OPTIONS, share_prompt=False)
+        score_options(model, tokenizer, CONTEXTS, OPTIONS, **kwargs)
     finally:
         handle.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_each_prompt_is_computed_once_and_options_run_in_length_groups(tiny_model, tokenizer, monkeypatch, tree):
+    if not tree:  # as for a flash-attention kernel: one option per row, 2D masks only
+        monkeypatch.setattr(loglik, "TREE_ATTENTION", ())
+    shapes = forward_shapes(tiny_model, tokenizer, share_prompt=True)
     prompt_tokens = [len(encode(tokenizer, c)) for c in CONTEXTS]
-    option_tokens = sorted(len(split_continuation(tokenizer, encode(tokenizer, c), c, o)[0])
-                           for c, options in zip(CONTEXTS, OPTIONS) for o in options)
+    tokens = [[len(split_continuation(tokenizer, encode(tokenizer, c), c, o)[0]) for o in options]
+              for c, options in zip(CONTEXTS, OPTIONS)]
     assert shapes[0] == (3, max(prompt_tokens))  # the prompts once, one row per question
-    groups = [length_group for length_group in length_groups(option_tokens)]
-    assert shapes[1:shared] == [(len(g), option_tokens[g[-1]]) for g in groups]  # one row per option, by length
-    assert sum(rows for rows, _ in shapes[1:shared]) == 8
-    assert shapes[shared:] == [(8, max(prompt_tokens[q] + n for q, options in enumerate(OPTIONS)
-                                       for n in [len(split_continuation(tokenizer, encode(tokenizer, CONTEXTS[q]),
-                                                                        CONTEXTS[q], o)[0]) for o in options]))]
+    # a row per question holding all its options (tree mask), or a row per option; rows grouped by length
+    widths = [sum(t) for t in tokens] if tree else [n for t in tokens for n in t]
+    assert shapes[1:] == [(len(g), max(widths[i] for i in g)) for g in length_groups(widths)]
+    assert sum(rows for rows, _ in shapes[1:]) == (3 if tree else 8)
+    joint = forward_shapes(tiny_model, tokenizer, share_prompt=False)
+    assert joint == [(8, max(p + n for p, t in zip(prompt_tokens, tokens) for n in t))]
 
 
 @pytest.mark.parametrize(("lengths", "overhead", "expected"), [
@@ -155,3 +162,60 @@ def test_a_tokenizer_without_pad_token_scores_the_same(tiny_model, tokenizer, sh
     got = score_options(tiny_model, pad_less, CONTEXTS, OPTIONS, share_prompt=share_prompt)
     assert [o["logprob"] for q in got for o in q] == pytest.approx([o["logprob"] for q in expected for o in q],
                                                                   abs=1e-5)
+
+
+def test_one_option_per_row_scores_the_same(attention_model, tokenizer, monkeypatch):
+    # the layout for kernels without 4D masks (flash attention): each option a row of its own on its prompt's cache
+    monkeypatch.setattr(loglik, "TREE_ATTENTION", ())
+    results = score_options(attention_model, tokenizer, CONTEXTS, OPTIONS)
+    for context, options, result in zip(CONTEXTS, OPTIONS, results):
+        expected = plain_scores(attention_model, tokenizer, context, options)
+        assert [r["logprob"] for r in result] == pytest.approx(expected, abs=1e-5)
+
+
+TAIL_CASES = [
+    (CONTEXTS[0], OPTIONS[0]),
+    ("你好\n人民日", ["报", "本", "\n报"]),     # 人民日 + 报 merge across the boundary: the tail sees it too
+    ("人民\n日", ["报", "日报社", " 报"]),       # the merge starts at the tail's first character
+    ("前面\n后面 有空格 ", [" A", "\n\n", "日报"]),  # spaces (▁) at the boundary, newlines in the option
+    ("a\n", ["b", "人民日报"]),                 # nothing after the last newline
+    ("没有换行", ["世界"]),                      # no newline: encoded jointly in full
+    ("第一行\n<s>本题", ["A", "B"]),             # an added token's text: encoded jointly in full
+    ("第一行\n本题<", ["s>", "A"]),              # ... also when it straddles the boundary
+]
+
+
+def test_tail_tokenization_equals_the_joint_tokenization(tokenizer, monkeypatch):
+    full = []
+    encode_many = loglik.encode_many
+    monkeypatch.setattr(loglik, "encode_many", lambda tok, texts: full.extend(texts) or encode_many(tok, texts))
+    contexts, continuations = [c for c, _ in TAIL_CASES], [o for _, o in TAIL_CASES]
+    context_ids = [encode(tokenizer, c) for c in contexts]
+    joints = loglik.joint_encodings(tokenizer, contexts, context_ids, continuations)
+    assert joints == [[encode(tokenizer, c + o) for o in options] for c, options in TAIL_CASES]
+    # only the contexts without a newline, or with an added token's text, were tokenized in full
+    assert full == ["没有换行世界", "第一行\n<s>本题A", "第一行\n<s>本题B", "第一行\n本题<s>", "第一行\n本题<A"]
+    for (context, options), ids, joint in zip(TAIL_CASES, context_ids, joints):
+        for option, option_joint in zip(options, joint):
+            assert split_continuation(tokenizer, ids, context, option, option_joint) == split_continuation(
+                tokenizer, ids, context, option)
+    merged = split_continuation(tokenizer, context_ids[1], contexts[1], "报", joints[1][0])
+    assert merged[1] == "after_newline"  # the boundary merge still falls back, as with the full joint encoding
+
+
+def test_tail_tokenization_needs_a_newline_that_never_merges(tokenizer):
+    import copy
+    import json
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    newline = spec["model"]["vocab"]["<0x0A>"]
+    assert loglik._barrier_in(spec) == newline
+    merged = copy.deepcopy(spec)
+    merged["model"]["merges"].append(["<0x0A>", "本"])
+    normalized = {**spec, "normalizer": {"type": "NFKC"}}
+    split = {**spec, "pre_tokenizer": {**spec["pre_tokenizer"], "split": True}}
+    dropout = {**spec, "model": {**spec["model"], "dropout": 0.1}}
+    inside = copy.deepcopy(spec)
+    inside["model"]["vocab"]["\n本"] = len(inside["model"]["vocab"])
+    for unusable in (merged, normalized, split, dropout, inside):
+        assert loglik._barrier_in(unusable) is None
