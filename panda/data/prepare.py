@@ -19,9 +19,10 @@ same bit for bit for any ``num_proc`` and world size. A killed build leaves its 
 directory: each writes a probe file and lists the others'. Ranks that do not see each other's files (a node-local
 ``cache_dir``) are told so and each such group builds its own complete copy — never a cache split across disks.
 
-Reading a share parses its file up to the share's end (JSON arrays are parsed whole), so a file is parsed once per
-share; parsing costs a small fraction of tokenizing. Counting a file's records (once, cached as the shares'
-``index.json``) is the only other extra pass.
+Counting a file's records is the only extra pass (once, cached as the shares' ``index.json``); it also notes
+where every share of a JSON-lines file starts (its byte offset; for a gzip file, its line), so that a share reads
+and parses only its own records — otherwise the N shares of one large file would each parse it up to their
+start, O(N²) for the file. A JSON array file is parsed whole by each of its shares.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from filelock import FileLock
 from panda.data.cache import (WRITE_BATCH, CachedSource, cache_key_inputs, cache_path, compact_batch,
                               pack_rows, sequence_schema, tokenizer_fingerprint)
 from panda.data.report import BadRecordError, ReadReport, RecordProblem, SourceCounts
-from panda.data.sources import CorpusSource, count_records
+from panda.data.sources import CorpusSource, Mark, scan_records
 from panda.data.tokenize import EncodingStats, Truncation, encode_examples
 from panda.errors import UserError
 from panda.io import atomic_directory, atomic_path
@@ -94,6 +95,7 @@ class Share:
     file: str
     start: int
     stop: int
+    mark: Mark | None = None  # where record ``start`` begins in a JSON-lines file (read from there, see below)
 
     def base(self, jobs: Sequence[Job]) -> Path:
         return jobs[self.job].work / f"{self.index:06d}"
@@ -223,8 +225,8 @@ def _init_worker(tokenizer, jobs: Sequence[Job], settings: Settings) -> None:
     _WORKER.update(tokenizer=tokenizer, jobs=jobs, settings=settings)
 
 
-def _count(task: tuple[int, str]) -> int:
-    return count_records(task[1])
+def _count(task: tuple[int, str]) -> tuple[int, dict[int, Mark]]:
+    return scan_records(task[1], SHARE_RECORDS)
 
 
 def _build(share: Share) -> tuple[int, int]:
@@ -272,7 +274,8 @@ def build_share(jobs: Sequence[Job], share: Share, tokenizer, settings: Settings
 
     def write_sequences(f) -> None:
         with pa.ipc.new_stream(f, schema) as writer:
-            examples = (job.source.read_file(share.file, report, records=range(share.start, share.stop))
+            examples = (job.source.read_file(share.file, report, records=range(share.start, share.stop),
+                                             mark=share.mark)
                         if share.file else job.source.read(report))
             for example in examples:
                 pending.append(example)
@@ -432,8 +435,10 @@ def _build_missing(jobs: list[Job], missing: list[int], tokenizer, settings: Set
                 shares.append(Share(k, 0, "", 0, jobs[k].source.max_records))
                 continue
             for file in map(str, jobs[k].source.files()):
-                for start in range(0, counts[k, file], SHARE_RECORDS):
-                    shares.append(Share(k, index, file, start, min(start + SHARE_RECORDS, counts[k, file])))
+                records, marks = counts[k, file]
+                for start in range(0, records, SHARE_RECORDS):
+                    shares.append(Share(k, index, file, start, min(start + SHARE_RECORDS, records),
+                                        marks.get(start)))
                     index += 1
         todo = [s for s in shares if not s.base(jobs).with_suffix(".json").exists()]
         mine = todo[ranks.member::len(ranks.group_ranks)]
@@ -460,9 +465,11 @@ def _build_missing(jobs: list[Job], missing: list[int], tokenizer, settings: Set
     ranks.barrier()
 
 
-def _record_counts(jobs: list[Job], missing: list[int], ranks: _Ranks, imap) -> dict[tuple[int, str], int]:
-    """Records per file of the missing jobs, from each job's ``index.json`` or counted by the group's ranks."""
-    counts: dict[tuple[int, str], int] = {}
+def _record_counts(jobs: list[Job], missing: list[int], ranks: _Ranks, imap
+                   ) -> dict[tuple[int, str], tuple[int, dict[int, Mark]]]:
+    """Records and share marks per file of the missing jobs, from each job's ``index.json`` or scanned by the
+    group's ranks (:func:`~panda.data.sources.scan_records`)."""
+    counts: dict[tuple[int, str], tuple[int, dict[int, Mark]]] = {}
     tasks = []
     for k in missing:
         if jobs[k].source.field_template is not None:
@@ -472,7 +479,8 @@ def _record_counts(jobs: list[Job], missing: list[int], ranks: _Ranks, imap) -> 
         index = jobs[k].work / "index.json"
         files = list(map(str, jobs[k].source.files()))
         if index.exists():
-            counts.update({(k, f): n for f, n in json.loads(index.read_text(encoding="utf-8")).items()})
+            counts.update({(k, f): (n, {int(p): tuple(m) for p, m in marks.items()})
+                           for f, (n, marks) in json.loads(index.read_text(encoding="utf-8")).items()})
         else:
             tasks += [(k, f) for f in files]
     mine = tasks[ranks.member::len(ranks.group_ranks)]

@@ -75,6 +75,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import gzip
+import itertools
 import json
 import math
 import random
@@ -266,7 +267,7 @@ class CorpusSource:
                              f"(fields there: {sorted(seen)}); fix the template or the format")
 
     def read_file(self, path: str | Path, report: ReadReport | None = None, limit: int | None = None,
-                  records: range | None = None) -> Generator[Example, None, int | None]:
+                  records: range | None = None, mark: Mark | None = None) -> Generator[Example, None, int | None]:
         """Stream the examples of one file, counting each record in ``report`` as used or skipped.
 
         Useful to split a source's files across DataLoader workers or ranks. Bad records are recorded as
@@ -274,10 +275,13 @@ class CorpusSource:
         With ``limit``, stops after that many usable records and returns how many more may follow (else None).
         ``records`` keeps only the records at those positions (0-based, file order, as :func:`count_records`
         counts them); the others are neither turned into examples nor counted (how a cache build splits a file).
+        ``mark``, the :func:`scan_records` mark of ``records.start``, starts reading there instead of at the top.
         """
         report = report if report is not None else ReadReport()
         path = Path(path)
-        for position, (location, value) in enumerate(_raw_records(path)):
+        start = records.start if mark is not None else 0
+        resume = (start, mark) if mark is not None else None
+        for position, (location, value) in enumerate(_raw_records(path, resume=resume), start=start):
             if limit == 0:
                 return 0
             if records is not None and position not in records:
@@ -445,22 +449,50 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
+Mark = tuple[int | None, int]
+"""Where a record of a JSON-lines file starts: ``(byte offset or None for a gzip file, lines before it)``."""
+
+
 def count_records(path: str | Path) -> int:
     """Records of a file in :meth:`CorpusSource.read_file` positions (bad records and whole-file problems count)."""
     return sum(1 for _ in _raw_records(Path(path)))
 
 
-def _raw_records(path: Path) -> Iterator[tuple[int | str | None, Any]]:
+def scan_records(path: str | Path, every: int) -> tuple[int, dict[int, Mark]]:
+    """Records of a file (as :func:`count_records`) and, if it is read as JSON lines, a :data:`Mark` at every
+    ``every``-th record (positions ``every``, ``2·every``, …) from which :meth:`CorpusSource.read_file` can start
+    without reading — let alone parsing — the records before it. JSON array files and one-object files get none."""
+    marks: dict[int, Mark] = {}
+    count = sum(1 for _ in _raw_records(Path(path), marks=(every, marks)))
+    return count, marks
+
+
+def _raw_records(path: Path, resume: tuple[int, Mark] | None = None,
+                 marks: tuple[int, dict[int, Mark]] | None = None) -> Iterator[tuple[int | str | None, Any]]:
     """Yield ``(location, value)`` per record: ``location`` is a 1-based line number or ``"[index]"``; ``value``
     is the parsed JSON value, or :class:`_Unreadable` for a record (or file) that cannot be parsed.
 
     A file whose first record line starts with ``[`` is a JSON array file, parsed whole by
     :func:`_array_records` — unless that line is a complete JSON array by itself and more lines follow: then the
     file is JSON lines whose records are arrays (e.g. one COIG conversation per line).
+
+    ``resume = (position, mark)`` starts at the record at ``position`` of a JSON-lines file, whose mark
+    :func:`scan_records` recorded (the file's kind was settled by its first record then); ``marks = (every,
+    found)`` fills ``found`` with the marks of every ``every``-th record while reading the whole file.
     """
-    lineno, saw_record = 0, False
+    lineno, saw_record, position = 0, False, 0
     first_array = None  # (lineno, value) of a one-line JSON array: the whole file, or the first of many records
+    gzipped = path.name.endswith(".gz")
     with _open(path) as f:
+        if resume is not None:
+            position, (offset, lineno) = resume
+            saw_record = True
+            if offset is not None:
+                f.seek(offset)
+            else:  # gzip: no seeking, but the lines before need no decoding or parsing
+                for _ in itertools.islice(f, lineno):
+                    pass
+        offset = f.tell() if marks is not None and not gzipped else None
         lines = iter(f)
         while True:
             try:
@@ -473,6 +505,10 @@ def _raw_records(path: Path) -> Iterator[tuple[int | str | None, Any]]:
                 yield lineno + 1, _Unreadable(f"truncated or corrupt gzip stream ({err}); the rest of the file "
                                               "is lost")
                 return
+            if marks is not None and position and position % marks[0] == 0 and first_array is None:
+                marks[1].setdefault(position, (offset, lineno))  # records before this line: exactly `position`
+            if offset is not None:
+                offset += len(raw)
             lineno += 1
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -495,19 +531,22 @@ def _raw_records(path: Path) -> Iterator[tuple[int | str | None, Any]]:
             saw_record = True
             if first_array is not None:
                 yield first_array
-                first_array = None
+                first_array, position = None, position + 1
             if problem is not None:
                 yield lineno, problem
+                position += 1
                 continue
             try:
-                yield lineno, json.loads(text.rstrip())
+                value = json.loads(text.rstrip())
             except json.JSONDecodeError as err:
                 if first_record and stripped.startswith("{"):
                     whole = _whole_object(path)
                     if whole is not None:  # one object spread over several lines: the file is one record
                         yield lineno, whole
                         return
-                yield lineno, _Unreadable(f"malformed JSON at column {err.colno}: {err.msg}")
+                value = _Unreadable(f"malformed JSON at column {err.colno}: {err.msg}")
+            yield lineno, value
+            position += 1
     if first_array is not None:
         yield from _array_items(first_array[1])
     elif not saw_record:

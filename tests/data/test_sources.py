@@ -382,3 +382,69 @@ def test_source_is_picklable_and_reads_in_dataloader_workers(tmp_path):
     assert pickle.loads(pickle.dumps(source)) == source
     loader = torch.utils.data.DataLoader(_SourceDataset(source), batch_size=None, num_workers=1)
     assert list(loader) == ["第0条", "第1条", "第2条"]
+
+
+def _tricky_jsonl(path, first=None) -> str:
+    """JSON lines with what a share boundary must not miscount: blank and whitespace-only lines (an ideographic
+    space too), malformed JSON, undecodable bytes, a BOM on line 1, records that fail the format."""
+    lines = [b"\xef\xbb\xbf" + json.dumps({"text": "t0"}).encode()] if first is None else [first]
+    for i in range(1, 23):
+        lines.append({"text": f"t{i}"})
+        if i % 4 == 0:
+            lines += [b"", b"   ", "\u3000".encode()]
+        if i % 5 == 0:
+            lines.append(b'{"text": broken')
+        if i % 7 == 0:
+            lines.append(b'{"text": "\xff\xfe"}')
+        if i % 9 == 0:
+            lines.append({"no_text": 1})
+    return write_lines(path, lines)
+
+
+@pytest.mark.parametrize("name", ["tricky.jsonl", "tricky.jsonl.gz", "first_array.jsonl", "array.json"])
+def test_reading_from_a_mark_equals_reading_from_the_top(tmp_path, name):
+    from panda.data.sources import count_records, scan_records
+
+    if name == "array.json":
+        path = write_json(tmp_path / name, [{"text": f"t{i}"} for i in range(20)])
+    elif name == "first_array.jsonl":  # JSON lines whose first record is a one-line array (a bad record here)
+        path = _tricky_jsonl(tmp_path / name, first=b'["not", "an object"]')
+    else:
+        path = _tricky_jsonl(tmp_path / name)
+    count, marks = scan_records(path, 3)
+    assert count == count_records(path)
+    if name == "array.json":
+        assert marks == {}  # parsed whole: nothing to start from
+        return
+    assert sorted(marks) == list(range(3, count, 3)) and count > 25
+    source = CorpusSource("s", path, "jsonl")
+    for start in marks:
+        for stop in (start + 3, count):
+            plain, resumed = ReadReport(max_warnings=0), ReadReport(max_warnings=0)
+            expected = list(source.read_file(path, plain, records=range(start, stop)))
+            got = list(source.read_file(path, resumed, records=range(start, stop), mark=marks[start]))
+            assert got == expected
+            assert [str(p) for p in resumed.problems] == [str(p) for p in plain.problems]
+            assert resumed.counts == plain.counts
+
+
+@pytest.mark.parametrize("name", ["big.jsonl", "big.jsonl.gz"])
+def test_reading_from_a_mark_parses_only_the_records_asked_for(tmp_path, monkeypatch, name):
+    import panda.data.sources as sources
+
+    path = write_lines(tmp_path / name, [{"text": f"t{i}"} for i in range(100)])
+    _, marks = sources.scan_records(path, 10)
+    parsed = []
+
+    class CountingJson:
+        JSONDecodeError = json.JSONDecodeError
+
+        @staticmethod
+        def loads(text):
+            parsed.append(text)
+            return json.loads(text)
+
+    monkeypatch.setattr(sources, "json", CountingJson)
+    source = CorpusSource("s", path, "jsonl")
+    got = [e.segments[0].text for e in source.read_file(path, records=range(90, 100), mark=marks[90])]
+    assert got == [f"t{i}" for i in range(90, 100)] and len(parsed) == 10
