@@ -80,8 +80,31 @@ def causal_lm_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return losses[:, :-1], targets[:, :-1] != IGNORE_INDEX
 
 
+class _TokenNLL(torch.autograd.Function):
+    """``cross_entropy(logits, targets, reduction="none")`` for rows that all have a target, with a leaner backward.
+
+    PyTorch's backward of ``nll_loss`` writes a dense zero (N, V) gradient with one non-zero per row, and
+    ``log_softmax``'s backward then makes another full pass over it; here the gradient is built in one pass from
+    the saved log-probabilities, ``softmax · g − onehot · g`` (exp in place, then a scatter). Same loss, gradients
+    equal to rounding. The backward consumes its saved tensor, so a second backward through the same graph fails
+    loudly (PyTorch's in-place check); inside the loss's checkpointing every backward recomputes it anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(logits, dim=-1)  # (N, V)
+        ctx.save_for_backward(logprobs, targets)
+        return -logprobs.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logprobs, targets = ctx.saved_tensors
+        grad_logits = logprobs.exp_().mul_(grad[:, None])  # the saved tensor is not read again: reuse it
+        return grad_logits.scatter_add_(-1, targets[:, None], -grad[:, None]), None
+
+
 def _chunk_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="none")  # (N,): (N, V) logits live only here
+    return _TokenNLL.apply(head(hidden).float(), targets)  # (N,): (N, V) logits live only here
 
 
 def chunked_causal_lm_losses(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 from panda.constants import IGNORE_INDEX
@@ -85,6 +86,21 @@ def test_chunked_loss_equals_the_reference_loss_and_gradients(chunk_tokens):
     assert grads["chunked"][0][~grads["chunked"][1]].eq(0).all()
     for reference, chunked in zip(grads["reference"], grads["chunked"]):
         torch.testing.assert_close(chunked, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_token_nll_equals_cross_entropy_under_any_upstream_gradient():
+    from panda.model.module import _TokenNLL
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 11, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (6,), generator=generator)
+    weights = torch.randn(6, generator=generator, dtype=torch.float64)  # per-token weights, e.g. per source
+    ours = _TokenNLL.apply(logits, targets)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), logits)
+    reference = F.cross_entropy(logits, targets, reduction="none")
+    (expected,) = torch.autograd.grad((reference * weights).sum(), logits)
+    torch.testing.assert_close(ours, reference, atol=0, rtol=0)
+    torch.testing.assert_close(grad, expected, atol=1e-12, rtol=1e-10)
 
 
 def test_training_loss_gradients_equal_the_full_logits_path(tiny_config, contract_datamodule):
