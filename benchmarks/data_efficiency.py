@@ -172,19 +172,30 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def preparation_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: int, encode_batch: int) -> dict:
-    """Time one cold build of the demo mix's caches (runs in a fresh subprocess)."""
+def _timed_build(sources: list[dict], tokenizer_dir: Path, cache: Path, num_proc: int) -> tuple[list, float, float]:
+    """One cold build of ``sources`` (``CorpusSource`` arguments): its caches and the build call's wall and CPU
+    seconds (imports and tokenizer loading excluded). Runs in a fresh subprocess."""
     import logging
+
+    import datasets  # noqa: F401  (imported lazily by the cache reader: an import, not preparation work)
 
     from panda.data import CorpusSource, prepare
     from panda.data.tokenizer import load_tokenizer
 
-    import datasets  # noqa: F401  (imported lazily by the cache reader: an import, not preparation work)
-
     logging.disable(logging.WARNING)
-    prepare.ENCODE_BATCH = encode_batch
     tokenizer = load_tokenizer(tokenizer_dir)
-    sources = [CorpusSource(**s) for s in demo_sources(corpus)]
+    sources = [CorpusSource(**s) for s in sources]
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    caches = prepare.prepare_sources(sources, tokenizer, tokenizer_dir, cache, max_seq_length=2048,
+                                     num_proc=num_proc, progress=False)
+    return [c for c, _ in caches], time.perf_counter() - wall, _cpu_seconds() - cpu
+
+
+def preparation_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: int, encode_batch: int) -> dict:
+    """Time one cold build of the demo mix's caches."""
+    from panda.data import prepare
+
+    prepare.ENCODE_BATCH = encode_batch
     publish, published = prepare.publish, []
 
     def timed_publish(job, settings):
@@ -193,36 +204,24 @@ def preparation_child(corpus: Path, tokenizer_dir: Path, cache: Path, num_proc: 
         published.append(time.perf_counter() - begin)
 
     prepare.publish = timed_publish
-    wall, cpu = time.perf_counter(), _cpu_seconds()
-    caches = prepare.prepare_sources(sources, tokenizer, tokenizer_dir, cache, max_seq_length=2048,
-                                     num_proc=num_proc, progress=False)
-    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-    return {"wall_s": wall, "cpu_s": cpu, "tokens": sum(c.meta["encoding"]["tokens"] for c, _ in caches),
-            "records": sum(c.meta["read"] for c, _ in caches), "publish_s": sum(published),
-            "compact_bytes": sum((c.path / "sequences.arrow").stat().st_size for c, _ in caches),
-            "cache_bytes": sum(c.disk_bytes() for c, _ in caches), "paths": [str(c.path) for c, _ in caches]}
+    caches, wall, cpu = _timed_build(demo_sources(corpus), tokenizer_dir, cache, num_proc)
+    return {"wall_s": wall, "cpu_s": cpu, "tokens": sum(c.meta["encoding"]["tokens"] for c in caches),
+            "records": sum(c.meta["read"] for c in caches), "publish_s": sum(published),
+            "compact_bytes": sum((c.path / "sequences.arrow").stat().st_size for c in caches),
+            "cache_bytes": sum(c.disk_bytes() for c in caches), "paths": [str(c.path) for c in caches]}
 
 
 def large_file_child(path: Path, tokenizer_dir: Path, cache: Path, from_marks: bool) -> dict:
-    """Time one cold build of a single-file source (fresh subprocess); ``from_marks=False`` makes every share read
-    its file from the top, as builds did before shares had marks."""
-    import datasets  # noqa: F401  (an import, not preparation work)
-    import logging
+    """Time one cold build of a single-file source; ``from_marks=False`` makes every share read its file from the
+    top, as builds did before shares had marks."""
+    from panda.data import prepare
 
-    from panda.data import CorpusSource, prepare
-    from panda.data.tokenizer import load_tokenizer
-
-    logging.disable(logging.WARNING)
-    tokenizer = load_tokenizer(tokenizer_dir)
     if not from_marks:
         scan = prepare.scan_records
         prepare.scan_records = lambda file, every: (scan(file, every)[0], {})
-    wall, cpu = time.perf_counter(), _cpu_seconds()
-    (cache_source, _), = prepare.prepare_sources([CorpusSource("large", str(path), "jsonl")], tokenizer,
-                                                 tokenizer_dir, cache, max_seq_length=2048, num_proc=1,
-                                                 progress=False)
-    return {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu,
-            "records": cache_source.meta["read"], "shares": cache_source.meta["shares"]}
+    (source,), wall, cpu = _timed_build([{"name": "large", "paths": str(path), "format": "jsonl"}], tokenizer_dir,
+                                        cache, 1)
+    return {"wall_s": wall, "cpu_s": cpu, "records": source.meta["read"], "shares": source.meta["shares"]}
 
 
 def large_file(corpus: Path, tokenizer: Path, workdir: Path, rounds: int) -> dict[tuple[str, str], list[dict]]:

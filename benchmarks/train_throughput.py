@@ -225,16 +225,8 @@ NO_ATTENTION = "panda_benchmark_no_attention"
 
 def no_attention(module, query, key, value, attention_mask, **kwargs):
     """A stand-in for attention that costs nothing: each token's own value, in the (B, T, H, D) layout the model
-    expects back (for :func:`no_attention_loss`, the floor under any attention path)."""
+    expects back (the ``no-attention`` variant: the floor under any attention path)."""
     return value.transpose(1, 2), None
-
-
-def no_attention_loss(model, batch) -> torch.Tensor:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(NO_ATTENTION, no_attention)
-    model.set_attn_implementation(NO_ATTENTION)
-    return causal_loss(model, batch)
 
 
 def run_hf_trainer(documents: list[dict], tokenizer, config: dict, workdir: Path, group_by_length: bool) -> Clock:
@@ -357,9 +349,11 @@ def main() -> None:
     args.rows = {length: max(1, 4096 // length) for length in args.seq_lengths}  # 4,096 tokens per packed step
 
     import lightning as L
+    from transformers import AttentionInterface
 
     from panda.data.tokenizer import load_tokenizer
 
+    AttentionInterface.register(NO_ATTENTION, no_attention)
     L.seed_everything(0, verbose=False)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs; "
           f"{torch.get_num_threads()} torch thread(s)")
@@ -376,7 +370,7 @@ def main() -> None:
                 "packed": lambda: run_packed(args, workdir, seq_length, config),
                 "packed-loop": lambda: plain_loop(config, batches, panda_loss, "document_sdpa"),
                 "causal": lambda: plain_loop(config, batches, causal_loss),
-                "no-attention": lambda: plain_loop(config, batches, no_attention_loss),
+                "no-attention": lambda: plain_loop(config, batches, causal_loss, NO_ATTENTION),
                 "(a) 7B": lambda: plain_loop(config, sevenb, hf_loss),
                 "(b) hf-dyn": lambda: run_hf_trainer(documents, tokenizer, config, workdir, False),
                 "(c) hf-group": lambda: run_hf_trainer(documents, tokenizer, config, workdir, True),

@@ -62,6 +62,7 @@ import torch
 
 from panda.eval.generation import fill_id, left_pad
 from panda.eval.loading import encode, encode_many
+from panda.model.attention import kernel_mask, scores_dtype
 
 def _split_after(tokenizer, prefix: str, text: str, prefix_ids: list[int]) -> list[int] | None:
     joint = encode(tokenizer, prefix + text)
@@ -312,9 +313,8 @@ def _cached_sums(model, context_ids, rows, row_question, pad_id, device) -> torc
             own = torch.ones(width, width, dtype=torch.bool, device=device).tril() & (
                 branch[:, None, :] == branch[:, :, None])
             allowed = torch.cat([prompt_visible[questions, None, :].expand(-1, width, -1), own], dim=-1)[:, None]
-            dtype = next(model.parameters()).dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed,
-                                                                                       torch.finfo(dtype).min)
+            mask = kernel_mask(allowed, model.config._attn_implementation,
+                               scores_dtype(next(model.parameters()).dtype, device.type))
         else:
             mask = torch.cat([prompt_visible[questions], branch >= 0], dim=1).long()
         cache = DynamicCache(ddp_cache_data=[(k[questions], v[questions]) for k, v in prompt_cache],
